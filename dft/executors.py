@@ -1,0 +1,97 @@
+"""Parsl configurations for the executor profiles: threads, local, slurm, pbs.
+
+Each call builds a fresh ``parsl.Config`` (Parsl configs hold live executors and cannot
+be reused). One label is one Parsl app on ``cores_per_label`` cores; HighThroughput
+workers get the virtual environment's ``bin/`` on PATH before ``worker_init`` runs.
+Ready-to-edit cluster profiles are in ``deploy/parsl/``.
+"""
+
+import sys
+from pathlib import Path
+
+from parsl.config import Config
+from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor
+from parsl.launchers import MpiExecLauncher, SingleNodeLauncher, SrunLauncher
+from parsl.providers import LocalProvider, PBSProProvider, SlurmProvider
+
+from sapis.config import ExecutorConfig
+
+
+def worker_init(executor: ExecutorConfig) -> str:
+    """Shell lines run before a worker pool starts: this Python's ``bin/`` first on PATH,
+    then the user's own lines (module loads, conda activation)."""
+    lines = [f'export PATH="{Path(sys.executable).parent}:$PATH"']
+    if executor.worker_init.strip():
+        lines.append(executor.worker_init.strip())
+    return "\n".join(lines)
+
+
+def parsl_config(executor: ExecutorConfig, cores_per_label: int, run_dir: str | Path) -> Config:
+    """A new Parsl ``Config`` for ``executor.profile``.
+
+    Parameters
+    ----------
+    executor
+        Profile, labels at once per node (``workers``), retries, and batch settings.
+    cores_per_label
+        Cores one label uses (``dft.threads``); batch jobs ask for
+        ``workers * cores_per_label`` cores per node.
+    run_dir
+        Where Parsl writes its logs (``runinfo``).
+    """
+    ex: ThreadPoolExecutor | HighThroughputExecutor
+    if executor.profile == "threads":
+        ex = ThreadPoolExecutor(label="threads", max_threads=executor.workers)
+    else:
+        ex = HighThroughputExecutor(
+            label=executor.profile,
+            max_workers_per_node=executor.workers,
+            cores_per_worker=cores_per_label,
+            provider=_provider(executor, cores_per_label),
+            # the interchange runs here: start it with this Python, whatever PATH says
+            interchange_launch_cmd=[sys.executable, str(Path(sys.executable).parent / "interchange.py")],
+            **({"address": "127.0.0.1"} if executor.profile == "local" else {}),
+        )
+    return Config(
+        executors=[ex],
+        retries=executor.retries,
+        run_dir=str(run_dir),
+        strategy="simple",
+    )
+
+
+def _provider(executor: ExecutorConfig, cores_per_label: int):
+    init = worker_init(executor)
+    cores = executor.workers * cores_per_label
+    if executor.profile == "local":
+        return LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1, worker_init=init)
+    if executor.profile == "slurm":
+        return SlurmProvider(
+            partition=executor.queue,
+            account=executor.account,
+            nodes_per_block=executor.nodes,
+            cores_per_node=cores,
+            init_blocks=1,
+            min_blocks=0,
+            max_blocks=executor.max_blocks,
+            walltime=executor.walltime,
+            scheduler_options=executor.scheduler_options,
+            worker_init=init,
+            exclusive=False,
+            launcher=SrunLauncher() if executor.nodes > 1 else SingleNodeLauncher(),
+        )
+    if executor.profile == "pbs":
+        return PBSProProvider(
+            queue=executor.queue,
+            account=executor.account,
+            nodes_per_block=executor.nodes,
+            cpus_per_node=cores,
+            init_blocks=1,
+            min_blocks=0,
+            max_blocks=executor.max_blocks,
+            walltime=executor.walltime,
+            scheduler_options=executor.scheduler_options,
+            worker_init=init,
+            launcher=MpiExecLauncher() if executor.nodes > 1 else SingleNodeLauncher(),
+        )
+    raise ValueError(f"unknown executor profile {executor.profile!r}")

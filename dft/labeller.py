@@ -1,0 +1,178 @@
+"""PySCF energy and analytic forces for an ``ase.Atoms``, with an SCF fallback ladder.
+
+:func:`label` tries each rung of ``settings.ladder`` in turn until the SCF converges,
+then computes analytic forces. Every attempt is recorded. A structure that fails every
+rung (or runs past ``settings.time_limit``) comes back with ``converged=False`` and a
+reason, never with numbers that could be mistaken for data.
+"""
+
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from ase import Atoms
+
+from sapis.config import DFTSettings, Rung
+from sapis.units import gradient_to_forces, hartree_to_ev
+
+
+@dataclass
+class Attempt:
+    """One rung tried: SCF cycles, final energy (eV, None on error), wall time (s)."""
+
+    rung: str
+    converged: bool
+    cycles: int | None
+    energy: float | None
+    seconds: float
+    error: str | None = None
+
+
+@dataclass
+class LabelResult:
+    """Outcome of one label. ``energy`` in eV, ``forces`` in eV/Å (both None on failure)."""
+
+    converged: bool
+    energy: float | None
+    forces: np.ndarray | None
+    rung: str | None
+    attempts: list[Attempt]
+    seconds: float
+    reason: str | None
+    provenance: dict = field(default_factory=dict)
+
+    def attempts_as_dicts(self) -> list[dict]:
+        return [asdict(a) for a in self.attempts]
+
+
+class _TimeLimitReached(Exception):
+    pass
+
+
+class _CycleWatch:
+    """SCF callback: counts cycles (PySCF's Newton solver keeps no count) and stops the
+    SCF once the label's deadline (``time.monotonic()``) has passed."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.cycles = 0
+
+    def __call__(self, envs: dict) -> None:
+        self.cycles += 1
+        if time.monotonic() > self.deadline:
+            raise _TimeLimitReached
+
+
+def build_molecule(atoms: Atoms, charge: int, multiplicity: int, settings: DFTSettings):
+    """A PySCF ``Mole`` from ``atoms`` (positions in Å)."""
+    from pyscf import gto
+
+    mol = gto.Mole()
+    mol.atom = [(s, tuple(p)) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)]
+    mol.unit = "Angstrom"
+    mol.basis = settings.basis
+    if settings.basis.startswith("def2") and atoms.numbers.max() > 36:
+        mol.ecp = settings.basis
+    mol.charge = charge
+    mol.spin = multiplicity - 1  # PySCF's spin is 2S, not the multiplicity
+    mol.max_memory = settings.max_memory
+    mol.verbose = 0
+    mol.build()
+    return mol
+
+
+def build_scf(mol, multiplicity: int, settings: DFTSettings, rung: Rung, watch: _CycleWatch):
+    """A configured RKS (singlet) or UKS (otherwise) object for one rung."""
+    from pyscf import dft
+
+    mf = dft.RKS(mol) if multiplicity == 1 else dft.UKS(mol)
+    mf.xc = settings.xc
+    mf.grids.level = settings.grid_level
+    mf.conv_tol = settings.conv_tol
+    mf.max_cycle = rung.max_cycle or settings.max_cycle
+    mf.init_guess = rung.init_guess
+    mf.damp = rung.damp
+    mf.diis_start_cycle = rung.diis_start_cycle
+    mf.level_shift = rung.level_shift
+    if settings.density_fit:
+        mf = mf.density_fit(auxbasis=settings.auxbasis)
+    if rung.second_order:
+        mf = mf.newton()
+    mf.callback = watch
+    return mf
+
+
+def provenance(settings: DFTSettings, charge: int, multiplicity: int) -> dict:
+    """What produced a label: program, version and every setting that matters."""
+    import pyscf
+
+    return {
+        "program": "pyscf",
+        "version": pyscf.__version__,
+        "method": "RKS" if multiplicity == 1 else "UKS",
+        "level": settings.level_of_theory,
+        "charge": charge,
+        "multiplicity": multiplicity,
+        "host": platform.node(),
+        **settings.model_dump(exclude={"ladder"}),
+    }
+
+
+def label(
+    atoms: Atoms, settings: DFTSettings, charge: int = 0, multiplicity: int = 1
+) -> LabelResult:
+    """Energy (eV) and forces (eV/Å) of ``atoms`` at ``settings``' level of theory.
+
+    Parameters
+    ----------
+    atoms
+        The structure; positions in Å. Check it with
+        :func:`sapis.dft.checks.check_for_dft` first.
+    settings
+        Functional, basis, SCF thresholds, threads, time limit and fallback ladder.
+    charge
+        Total charge in e.
+    multiplicity
+        Spin multiplicity 2S+1; 1 runs RKS, anything else UKS.
+    """
+    from pyscf import lib
+
+    lib.num_threads(settings.threads)
+    start = time.monotonic()
+    deadline = start + settings.time_limit
+    attempts: list[Attempt] = []
+    record = provenance(settings, charge, multiplicity)
+    mol = build_molecule(atoms, charge, multiplicity, settings)
+    reason = None
+    for rung in settings.ladder:
+        t0 = time.monotonic()
+        watch = _CycleWatch(deadline)
+        mf = build_scf(mol, multiplicity, settings, rung, watch)
+        try:
+            energy = mf.kernel()
+        except _TimeLimitReached:
+            attempts.append(Attempt(rung.name, False, watch.cycles, None,
+                                    time.monotonic() - t0, "time limit reached"))
+            reason = f"time limit of {settings.time_limit:g} s reached during rung {rung.name}"
+            break
+        except Exception as err:  # a rung that crashes is a failed rung, not a failed batch
+            attempts.append(Attempt(rung.name, False, watch.cycles, None,
+                                    time.monotonic() - t0, f"{type(err).__name__}: {err}"))
+            continue
+        attempts.append(Attempt(rung.name, bool(mf.converged), watch.cycles,
+                                hartree_to_ev(energy), time.monotonic() - t0))
+        if not mf.converged:
+            continue
+        if time.monotonic() > deadline:
+            reason = f"time limit of {settings.time_limit:g} s reached before forces"
+            break
+        forces = gradient_to_forces(mf.nuc_grad_method().kernel())
+        return LabelResult(True, hartree_to_ev(energy), forces, rung.name, attempts,
+                           time.monotonic() - start, None, record)
+    if reason is None:
+        tried = ", ".join(
+            f"{a.rung} ({a.error or f'not converged after {a.cycles} cycles'})" for a in attempts
+        )
+        reason = f"SCF did not converge on any rung: {tried}"
+    return LabelResult(False, None, None, None, attempts, time.monotonic() - start, reason, record)

@@ -1,0 +1,1 @@
+"""Prefect flows: pretrain, refinement round, campaign (issue 4)."""

@@ -1,0 +1,1 @@
+"""Equivariant diffusion generator with physical priors and validity filters (issue 6)."""

@@ -1,0 +1,229 @@
+"""The campaign configuration: a YAML file validated with pydantic.
+
+Example::
+
+    system: {structures: seeds.xyz, charge: 0, multiplicity: 1}
+    dft: {xc: PBE, basis: def2-svp, density_fit: true, conv_tol: 1.0e-9, threads: 1}
+    executor: {profile: local, workers: 2}   # threads | local | slurm | pbs
+    database: runs/demo/data.db              # SQLite path or postgresql:// URL
+
+Relative paths are resolved against the folder of the YAML file. Any unknown or wrong
+field is an :class:`~sapis.errors.InputError` naming it, raised before anything starts.
+"""
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sapis.errors import InputError
+
+
+class Strict(BaseModel):
+    """A config block that rejects unknown fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SystemConfig(Strict):
+    """The chemical system: seed structures, total charge and spin multiplicity (2S+1)."""
+
+    structures: Path | None = None
+    charge: int = 0
+    multiplicity: int = Field(1, ge=1, le=20)
+
+
+class Rung(Strict):
+    """One rung of the SCF fallback ladder.
+
+    ``max_cycle`` None means ``dft.max_cycle``; ``damp`` is the Fock damping factor
+    (applied until DIIS starts at ``diis_start_cycle``),
+    ``level_shift`` in Hartree, ``second_order`` switches on PySCF's Newton (SOSCF)
+    solver, ``init_guess`` is a PySCF initial guess name.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    max_cycle: int | None = Field(None, ge=1)
+    damp: float = Field(0.0, ge=0.0, lt=1.0)
+    diis_start_cycle: int = Field(1, ge=1)
+    level_shift: float = Field(0.0, ge=0.0)
+    second_order: bool = False
+    init_guess: Literal["minao", "atom", "huckel", "1e", "sap"] = "minao"
+
+
+DEFAULT_LADDER: tuple[Rung, ...] = (
+    Rung(name="default"),
+    Rung(name="damped", max_cycle=150, damp=0.5, diis_start_cycle=12),
+    Rung(name="level_shift", max_cycle=150, level_shift=0.5),
+    Rung(name="second_order", max_cycle=60, second_order=True),
+    Rung(name="huckel_guess", max_cycle=60, second_order=True, init_guess="huckel"),
+)
+
+
+class DFTSettings(Strict):
+    """PySCF settings of a label.
+
+    ``conv_tol`` is the SCF energy convergence in Hartree, ``time_limit`` the wall-time
+    limit of one label over all rungs in seconds, ``max_memory`` PySCF's memory in MB,
+    ``threads`` the cores one label uses (the executors reserve that many per label).
+    """
+
+    xc: str = "PBE"
+    basis: str = "def2-svp"
+    density_fit: bool = True
+    auxbasis: str | None = None
+    conv_tol: float = Field(1.0e-9, gt=0.0, le=1.0e-4)
+    max_cycle: int = Field(50, ge=1)
+    grid_level: int = Field(3, ge=0, le=9)
+    threads: int = Field(1, ge=1)
+    max_memory: int = Field(4000, ge=100)
+    time_limit: float = Field(3600.0, gt=0.0)
+    ladder: list[Rung] = Field(default_factory=lambda: list(DEFAULT_LADDER), min_length=1)
+
+    @field_validator("xc")
+    @classmethod
+    def _known_xc(cls, xc: str) -> str:
+        from pyscf.dft import libxc
+
+        try:
+            libxc.parse_xc(xc)
+        except Exception:
+            raise ValueError(f"unknown exchange-correlation functional {xc!r}") from None
+        return xc
+
+    @field_validator("basis")
+    @classmethod
+    def _known_basis(cls, basis: str) -> str:
+        import warnings
+
+        from pyscf.gto import basis as pyscf_basis
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                pyscf_basis.load(basis, "H")
+            except Exception:
+                raise ValueError(f"unknown basis set {basis!r}") from None
+        return basis.lower()
+
+    @field_validator("ladder")
+    @classmethod
+    def _unique_rungs(cls, ladder: list[Rung]) -> list[Rung]:
+        names = [r.name for r in ladder]
+        if len(set(names)) != len(names):
+            raise ValueError(f"rung names must be unique, got {names}")
+        return ladder
+
+    @property
+    def level_of_theory(self) -> str:
+        """``XC/basis``, e.g. ``PBE/def2-svp``."""
+        return f"{self.xc.upper()}/{self.basis}"
+
+
+_WALLTIME = re.compile(r"^\d+:\d{2}:\d{2}$")
+
+
+class ExecutorConfig(Strict):
+    """Where labels run (Parsl).
+
+    ``threads``: in-process threads (tests); ``local``: HighThroughputExecutor on this
+    machine; ``slurm`` / ``pbs``: batch jobs of ``nodes`` nodes each, at most
+    ``max_blocks`` at once, ``workers`` labels at once per node, ``walltime`` HH:MM:SS.
+    ``queue`` is the Slurm partition or PBS queue. ``worker_init`` runs before workers
+    start (module loads); the virtual environment's ``bin/`` is put on PATH for you.
+    """
+
+    profile: Literal["threads", "local", "slurm", "pbs"] = "local"
+    workers: int = Field(2, ge=1)
+    retries: int = Field(2, ge=0)
+    walltime: str = "01:00:00"
+    nodes: int = Field(1, ge=1)
+    max_blocks: int = Field(1, ge=1)
+    queue: str | None = None
+    account: str | None = None
+    scheduler_options: str = ""
+    worker_init: str = ""
+    run_dir: Path | None = None
+
+    @field_validator("walltime")
+    @classmethod
+    def _walltime(cls, value: str) -> str:
+        if not _WALLTIME.match(value):
+            raise ValueError(f"walltime must be HH:MM:SS, got {value!r}")
+        return value
+
+
+class SplitConfig(Strict):
+    """Fractions of new structures sent to the validation and test splits (by hash)."""
+
+    val: float = Field(0.1, ge=0.0, lt=1.0)
+    test: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "SplitConfig":
+        if self.val + self.test >= 1.0:
+            raise ValueError("val + test must leave something for train")
+        return self
+
+
+class CampaignConfig(Strict):
+    """A whole campaign file."""
+
+    system: SystemConfig = Field(default_factory=SystemConfig)
+    dft: DFTSettings = Field(default_factory=DFTSettings)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    database: str
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+
+def is_url(database: str) -> bool:
+    """True for a server URL (``postgresql://``), False for a file path."""
+    return "://" in database
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One readable message naming every wrong field."""
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            if "input" in e and not isinstance(e["input"], dict | list):
+                msg += f" (got {e['input']!r})"
+        lines.append(f"{field}: {msg}")
+    return f"{source}: invalid configuration\n  " + "\n  ".join(lines)
+
+
+def parse_config(data: dict, base: Path = Path("."), source: str = "config") -> CampaignConfig:
+    """Validate a config mapping; relative paths are taken relative to ``base``."""
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+    try:
+        config = CampaignConfig.model_validate(data)
+    except ValidationError as err:
+        raise InputError(format_validation_error(err, source)) from None
+    if config.system.structures is not None and not config.system.structures.is_absolute():
+        config.system.structures = base / config.system.structures
+    if not is_url(config.database) and not Path(config.database).is_absolute():
+        config.database = str(base / config.database)
+    if config.executor.run_dir is not None and not config.executor.run_dir.is_absolute():
+        config.executor.run_dir = base / config.executor.run_dir
+    return config
+
+
+def load_config(path: str | Path) -> CampaignConfig:
+    """Read and validate a campaign YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise InputError(f"{path}: not valid YAML ({err})") from None
+    return parse_config(data or {}, base=path.parent.resolve(), source=str(path))

@@ -1,0 +1,79 @@
+"""Reading structures from files: anything ASE reads, plus rMD17-style ``.npz``.
+
+Labels that a file carries (energy, forces) come back on a ``SinglePointCalculator`` in
+eV and eV/Å; rMD17's kcal/mol are converted here, once.
+"""
+
+from pathlib import Path
+
+import ase.io
+import numpy as np
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from sapis.errors import InputError
+from sapis.units import kcal_per_mol_to_ev
+
+RMD17_KEYS = ("nuclear_charges", "coords")
+
+
+def read_structures(path: str | Path) -> list[Atoms]:
+    """Read every structure in ``path``.
+
+    ``.npz`` files are read as rMD17 (``nuclear_charges``, ``coords`` in Å, optional
+    ``energies`` and ``forces`` in kcal/mol and kcal/mol/Å); anything else through
+    ``ase.io.read``. Raises :class:`InputError` naming the file and the problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    if path.suffix == ".npz":
+        return read_rmd17(path)
+    try:
+        images = ase.io.read(path, index=":")
+    except KeyError as err:  # ASE raises KeyError for an element symbol it does not know
+        raise InputError(f"{path}: unknown element {err}") from None
+    except Exception as err:
+        raise InputError(f"{path}: cannot read structures ({type(err).__name__}: {err})") from None
+    if isinstance(images, Atoms):
+        images = [images]
+    if not images:
+        raise InputError(f"{path}: no structures in file")
+    return list(images)
+
+
+def read_rmd17(path: str | Path) -> list[Atoms]:
+    """Read an rMD17-style ``.npz`` file; energies and forces are converted to eV, eV/Å."""
+    path = Path(path)
+    try:
+        data = np.load(path)
+        missing = [k for k in RMD17_KEYS if k not in data.files]
+        if missing:
+            raise InputError(f"{path}: not an rMD17 npz file (missing keys {missing})")
+        numbers = np.asarray(data["nuclear_charges"], dtype=int)
+        coords = np.asarray(data["coords"], dtype=float)
+        energies = data["energies"] if "energies" in data.files else None
+        forces = data["forces"] if "forces" in data.files else None
+        indices = data["old_indices"] if "old_indices" in data.files else None
+    except InputError:
+        raise
+    except Exception as err:
+        raise InputError(f"{path}: cannot read npz ({type(err).__name__}: {err})") from None
+    if coords.ndim != 3 or coords.shape[1:] != (len(numbers), 3):
+        raise InputError(
+            f"{path}: coords have shape {coords.shape}, expected (frames, {len(numbers)}, 3)"
+        )
+    images = []
+    for k, positions in enumerate(coords):
+        atoms = Atoms(numbers=numbers, positions=positions)
+        atoms.info.update(source="import", frame=k)
+        if indices is not None:
+            atoms.info["rmd17_index"] = int(indices[k])
+        if energies is not None and forces is not None:
+            atoms.calc = SinglePointCalculator(
+                atoms,
+                energy=float(kcal_per_mol_to_ev(energies[k])),
+                forces=kcal_per_mol_to_ev(forces[k]),
+            )
+        images.append(atoms)
+    return images

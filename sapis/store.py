@@ -1,0 +1,235 @@
+"""The dataset store: an ASE database (SQLite file or PostgreSQL URL).
+
+Each row holds a structure, its labels (energy in eV, forces in eV/Å, through ASE's own
+columns), and key-value pairs: ``status`` (pending | labelled | failed), ``reason`` for
+failures, ``level`` of theory, ``round``, ``split`` (train | val | test), provenance
+(``source``, ``temperature``, ``parent``), ``uncertainty`` at selection time, and label
+details (``rung``, ``label_seconds``, ``program``, ``run``). The row's ``unique_id`` is
+the canonical structure hash, so the database itself refuses a second copy of a
+structure: labelling is idempotent even with several writers at once.
+"""
+
+import os
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ase.db
+import ase.io
+import numpy as np
+import psycopg2
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.db.row import AtomsRow, atoms2dict
+
+from sapis.config import SplitConfig, is_url
+from sapis.dft.labeller import LabelResult
+from sapis.errors import InputError
+from sapis.structures import structure_hash
+
+STATUSES = ("pending", "labelled", "failed")
+SPLITS = ("train", "val", "test")
+PROVENANCE_KEYS = ("source", "round", "temperature", "parent", "uncertainty")
+_DUPLICATE = (sqlite3.IntegrityError, psycopg2.IntegrityError)
+
+
+def split_for(structure_id: str, fractions: SplitConfig) -> str:
+    """Deterministic split of a structure from its hash: same answer on every machine."""
+    u = int(structure_id[:8], 16) / 16**8
+    if u < fractions.val:
+        return "val"
+    if u < fractions.val + fractions.test:
+        return "test"
+    return "train"
+
+
+def _labels_of(atoms: Atoms) -> tuple[float, np.ndarray] | None:
+    """Energy (eV) and forces (eV/Å) that ``atoms`` carries, if it carries both."""
+    calc = atoms.calc
+    if calc is None or "energy" not in calc.results or "forces" not in calc.results:
+        return None
+    return float(calc.results["energy"]), np.asarray(calc.results["forces"], dtype=float)
+
+
+def _provenance(atoms: Atoms) -> dict:
+    """The searchable provenance keys of ``atoms.info`` as ASE-db key-value pairs."""
+    kvp: dict = {"source": str(atoms.info.get("source", "seed")), "round": 0}
+    for key in PROVENANCE_KEYS:
+        value = atoms.info.get(key)
+        if value is None:
+            continue
+        if key == "round":
+            kvp[key] = int(value)
+        elif key in ("temperature", "uncertainty"):
+            kvp[key] = float(value)
+        elif key == "parent":
+            kvp[key] = int(value) if isinstance(value, int | np.integer) else f"h:{value}"
+        else:
+            kvp[key] = str(value)
+    return kvp
+
+
+@dataclass
+class AddReport:
+    """What :meth:`DatasetStore.add` did: ids of new rows, and how many were duplicates
+    of rows already stored or of structures earlier in the same input."""
+
+    added: list[int] = field(default_factory=list)
+    duplicates: int = 0
+
+
+class DatasetStore:
+    """Rows of structures and labels in an ASE database at ``url``.
+
+    ``url`` is a SQLite file path (its folder is created) or a ``postgresql://`` URL.
+    """
+
+    def __init__(self, url: str | Path) -> None:
+        self.url = str(url)
+        if not is_url(self.url):
+            Path(self.url).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # serial: every MPI rank talks to the database itself; no lock file, which a
+            # killed process would leave behind (SQLite and PostgreSQL lock on their own)
+            self.db = ase.db.connect(self.url, serial=True, use_lock_file=False)
+            self.db.count()
+        except psycopg2.OperationalError as err:
+            raise InputError(f"cannot reach database {self.url}: {err}".strip()) from None
+        except (sqlite3.DatabaseError, OSError) as err:
+            raise InputError(f"{self.url}: not a usable ASE database ({err})") from None
+
+    # --- writing -------------------------------------------------------------------------
+
+    def hashes(self) -> set[str]:
+        """Structure hashes of every stored row."""
+        with self.db.managed_connection() as con:
+            cur = con.cursor()
+            cur.execute("SELECT unique_id FROM systems")
+            return {r[0] for r in cur.fetchall()}
+
+    def add(
+        self,
+        images: list[Atoms],
+        split: str | None = None,
+        fractions: SplitConfig | None = None,
+        level: str | None = None,
+    ) -> AddReport:
+        """Store structures that are not stored yet.
+
+        Structures carrying energy and forces are stored ``labelled`` at ``level`` (a
+        label without a level is refused); the rest ``pending``. ``split`` forces one
+        split for all; otherwise it is drawn from each hash with ``fractions``.
+        """
+        if split is not None and split not in SPLITS:
+            raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        fractions = fractions or SplitConfig()
+        report = AddReport()
+        stored = self.hashes()
+        rows = []
+        for atoms in images:
+            h = structure_hash(atoms)
+            if h in stored:
+                report.duplicates += 1
+                continue
+            stored.add(h)
+            rows.append(self._new_row(atoms, h, split or split_for(h, fractions), level))
+        try:
+            with self.db:
+                report.added = [self.db.write(*row) for row in rows]
+        except _DUPLICATE:  # another writer stored some of them meanwhile: go one by one
+            report.added = []
+            for row in rows:
+                try:
+                    report.added.append(self.db.write(*row))
+                except _DUPLICATE:
+                    report.duplicates += 1
+        return report
+
+    def _new_row(self, atoms: Atoms, h: str, split: str, level: str | None) -> tuple:
+        kvp = {"status": "pending", "split": split, **_provenance(atoms)}
+        labels = _labels_of(atoms)
+        plain = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell,
+                      pbc=atoms.pbc)
+        if labels is not None:
+            if not level:
+                raise InputError("labelled structures need a level of theory")
+            plain.calc = SinglePointCalculator(plain, energy=labels[0], forces=labels[1])
+            kvp.update(status="labelled", level=level)
+        row = AtomsRow(atoms2dict(plain))
+        row.unique_id, row.ctime, row.user = h, ase.db.core.now(), os.getenv("USER")
+        info = {k: v for k, v in atoms.info.items() if isinstance(v, str | int | float)}
+        return row, kvp, {"info": info}
+
+    def record(self, row_id: int, result: LabelResult, run: str) -> None:
+        """Write a label outcome onto row ``row_id``: labels if converged, else ``failed``
+        with the reason. Every attempt of the fallback ladder goes into the row's data."""
+        old = self.db.get(id=row_id)
+        atoms = old.toatoms()
+        kvp = old.key_value_pairs
+        kvp.update(
+            status="labelled" if result.converged else "failed",
+            level=result.provenance.get("level", "unknown"),
+            program=f"pyscf-{result.provenance.get('version', '?')}",
+            label_seconds=round(result.seconds, 3),
+            run=run,
+        )
+        if result.converged:
+            atoms.calc = SinglePointCalculator(atoms, energy=result.energy, forces=result.forces)
+            kvp["rung"] = result.rung
+            kvp.pop("reason", None)
+        else:
+            atoms.calc = None
+            kvp["reason"] = result.reason
+        row = AtomsRow(atoms2dict(atoms))
+        row.unique_id, row.ctime, row.user = old.unique_id, old.ctime, old.user
+        data = dict(old.data)
+        data.update(attempts=result.attempts_as_dicts(), dft=result.provenance)
+        self.db.write(row, key_value_pairs=kvp, data=data, id=row_id)
+
+    # --- reading -------------------------------------------------------------------------
+
+    def pending(self) -> list[tuple[int, Atoms]]:
+        """(row id, structure) of every row still waiting for a label."""
+        return [(r.id, r.toatoms()) for r in self.db.select(status="pending")]
+
+    def count(self, **selection) -> int:
+        return self.db.count(**selection)
+
+    def levels(self) -> set[str]:
+        """Levels of theory of the labelled rows."""
+        return {r.get("level", "unknown") for r in self.db.select(status="labelled")}
+
+    def labelled(self, split: str | None = None) -> list[Atoms]:
+        """Labelled structures (energy in eV, forces in eV/Å on a SinglePointCalculator),
+        with their key-value pairs and ``hash`` in ``atoms.info``."""
+        selection = {"status": "labelled"} | ({"split": split} if split else {})
+        images = []
+        for r in self.db.select(**selection):
+            atoms = r.toatoms()
+            atoms.info.update(r.key_value_pairs, hash=r.unique_id)
+            images.append(atoms)
+        return images
+
+    def export(self, path: str | Path, split: str | None = None) -> int:
+        """Write labelled rows to an extended XYZ file; returns how many."""
+        images = self.labelled(split)
+        ase.io.write(path, images, format="extxyz")
+        return len(images)
+
+    def stats(self) -> dict:
+        """Counts by status, split, round, level and source; failure reasons; label ranges."""
+        rows = list(self.db.select(include_data=False))
+        by = {key: Counter(str(r.get(key, "-")) for r in rows)
+              for key in ("status", "split", "round", "level", "source")}
+        labelled = [r for r in rows if r.get("status") == "labelled"]
+        out: dict = {"rows": len(rows), **by,
+                     "reasons": Counter(r.get("reason") for r in rows if r.get("status") == "failed")}
+        if labelled:
+            e = np.array([r.energy / r.natoms for r in labelled])
+            fmax = np.array([np.linalg.norm(r.forces, axis=1).max() for r in labelled])
+            secs = [r.label_seconds for r in labelled if "label_seconds" in r]
+            out.update(energy_per_atom=(float(e.min()), float(e.max())),
+                       max_force=(float(fmax.min()), float(fmax.max())),
+                       label_seconds=float(np.mean(secs)) if secs else None)
+        return out

@@ -1,0 +1,1 @@
+"""Neural scaling-law fits and grow-data / grow-model decisions (issue 5)."""

@@ -1,0 +1,1 @@
+"""NequIP models, training, ensembles with calibrated uncertainty, ASE calculator and MD exploration (issue 3)."""

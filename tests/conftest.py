@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny molecules, cheap DFT settings, and real PostgreSQL / Slurm."""
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import molecule
+
+sys.path.insert(0, str(Path(__file__).parent / "services"))
+
+from sapis.config import DFTSettings  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "rmd17"
+IN_CI = bool(os.environ.get("CI"))
+
+
+def jiggled(name: str, n: int, amplitude: float = 0.05, seed: int = 0) -> list[Atoms]:
+    """``n`` copies of molecule ``name`` with random displacements up to ``amplitude`` Å."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(n):
+        atoms = molecule(name)
+        atoms.positions += rng.uniform(-amplitude, amplitude, atoms.positions.shape)
+        images.append(atoms)
+    return images
+
+
+@pytest.fixture
+def cheap() -> DFTSettings:
+    """PBE/STO-3G without density fitting: a water label in a fraction of a second."""
+    return DFTSettings(basis="sto-3g", density_fit=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    from postgres import start_postgres
+
+    try:
+        server = start_postgres()
+    except Exception as err:  # in CI the server must come up; elsewhere say why we skip
+        if IN_CI:
+            raise
+        pytest.skip(f"PostgreSQL not available: {err}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """A fresh empty database of each kind."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "data.db")
+        return
+    server = request.getfixturevalue("postgres_server")
+    url = server.create_database()
+    yield url
+    server.drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    from slurm_cluster import start_slurm
+
+    try:
+        cluster = start_slurm(tmp_path_factory.mktemp("slurm"))
+    except Exception as err:
+        if IN_CI:
+            raise
+        pytest.skip(f"Slurm not available: {err}")
+    yield cluster
+    cluster.stop()
