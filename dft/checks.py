@@ -34,7 +34,9 @@ def check_basis(atoms: Atoms, basis: str, where: str) -> None:
             try:
                 pyscf_basis.load(basis, symbol)
             except Exception:
-                raise InputError(f"{where}: basis {basis!r} has no functions for {symbol}") from None
+                raise InputError(
+                    f"{where}: basis {basis!r} has no functions for {symbol}"
+                ) from None
 
 
 def check_for_dft(

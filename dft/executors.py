@@ -48,8 +48,12 @@ def parsl_config(executor: ExecutorConfig, cores_per_label: int, run_dir: str | 
             max_workers_per_node=executor.workers,
             cores_per_worker=cores_per_label,
             provider=_provider(executor, cores_per_label),
+            heartbeat_period=5,  # a dead worker is noticed (and its label retried) within ~5 s
             # the interchange runs here: start it with this Python, whatever PATH says
-            interchange_launch_cmd=[sys.executable, str(Path(sys.executable).parent / "interchange.py")],
+            interchange_launch_cmd=[
+                sys.executable,
+                str(Path(sys.executable).parent / "interchange.py"),
+            ],
             **({"address": "127.0.0.1"} if executor.profile == "local" else {}),
         )
     return Config(

@@ -152,24 +152,57 @@ def label(
         try:
             energy = mf.kernel()
         except _TimeLimitReached:
-            attempts.append(Attempt(rung.name, False, watch.cycles, None,
-                                    time.monotonic() - t0, "time limit reached"))
+            attempts.append(
+                Attempt(
+                    rung.name,
+                    False,
+                    watch.cycles,
+                    None,
+                    time.monotonic() - t0,
+                    "time limit reached",
+                )
+            )
             reason = f"time limit of {settings.time_limit:g} s reached during rung {rung.name}"
             break
         except Exception as err:  # a rung that crashes is a failed rung, not a failed batch
-            attempts.append(Attempt(rung.name, False, watch.cycles, None,
-                                    time.monotonic() - t0, f"{type(err).__name__}: {err}"))
+            attempts.append(
+                Attempt(
+                    rung.name,
+                    False,
+                    watch.cycles,
+                    None,
+                    time.monotonic() - t0,
+                    f"{type(err).__name__}: {err}",
+                )
+            )
             continue
-        attempts.append(Attempt(rung.name, bool(mf.converged), watch.cycles,
-                                hartree_to_ev(energy), time.monotonic() - t0))
+        attempts.append(
+            Attempt(
+                rung.name,
+                bool(mf.converged),
+                watch.cycles,
+                hartree_to_ev(energy),
+                time.monotonic() - t0,
+            )
+        )
         if not mf.converged:
             continue
         if time.monotonic() > deadline:
             reason = f"time limit of {settings.time_limit:g} s reached before forces"
             break
-        forces = gradient_to_forces(mf.nuc_grad_method().kernel())
-        return LabelResult(True, hartree_to_ev(energy), forces, rung.name, attempts,
-                           time.monotonic() - start, None, record)
+        gradient = mf.nuc_grad_method()
+        gradient.grid_response = settings.grid_response
+        forces = gradient_to_forces(gradient.kernel())
+        return LabelResult(
+            True,
+            hartree_to_ev(energy),
+            forces,
+            rung.name,
+            attempts,
+            time.monotonic() - start,
+            None,
+            record,
+        )
     if reason is None:
         tried = ", ".join(
             f"{a.rung} ({a.error or f'not converged after {a.cycles} cycles'})" for a in attempts

@@ -5,22 +5,32 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.progress import TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from sapis.config import CampaignConfig, is_url, load_config
 from sapis.errors import InputError
 
-app = typer.Typer(help="SAPIS-MD: machine-learned potentials from as few DFT labels as possible.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="SAPIS-MD: machine-learned potentials from as few DFT labels as possible.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 db_app = typer.Typer(help="Inspect and fill the dataset store.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
-DbOption = Annotated[str, typer.Option("--db", envvar="SAPIS_DB",
-                                       help="SQLite path or postgresql:// URL.")]
+DbOption = Annotated[
+    str, typer.Option("--db", envvar="SAPIS_DB", help="SQLite path or postgresql:// URL.")
+]
 
 
 def _fail(err: Exception) -> typer.Exit:
@@ -47,12 +57,19 @@ def _run_dir(config: CampaignConfig, database: str) -> Path:
 
 @app.command()
 def label(
-    input: Annotated[Path | None, typer.Argument(
-        help="Structures to label (any ASE format, rMD17 npz); default: system.structures.")] = None,
+    input: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Structures to label (any ASE format, rMD17 npz); default: system.structures."
+        ),
+    ] = None,
     config_path: Annotated[Path, typer.Option("--config", "-c", help="Campaign YAML.")] = Path(
-        "sapis.yaml"),
+        "sapis.yaml"
+    ),
     db: Annotated[str | None, typer.Option("--db", help="Overrides the config's database.")] = None,
-    split: Annotated[str | None, typer.Option(help="train | val | test for all (default: by hash).")] = None,
+    split: Annotated[
+        str | None, typer.Option(help="train | val | test for all (default: by hash).")
+    ] = None,
 ) -> None:
     """Import every structure in INPUT and label every row still pending with PySCF DFT.
 
@@ -68,24 +85,38 @@ def label(
         input = input or system.structures
         if input is None:
             raise InputError("no structures: give INPUT or system.structures in the config")
-        images = _read_checked(input, lambda atoms, where: check_for_dft(
-            atoms, system.charge, system.multiplicity, dft.basis, where))
+        images = _read_checked(
+            input,
+            lambda atoms, where: check_for_dft(
+                atoms, system.charge, system.multiplicity, dft.basis, where
+            ),
+        )
         database = db or config.database
         store = DatasetStore(database)
         other = store.levels() - {dft.level_of_theory}
         if other:
-            raise InputError(f"{database} holds labels at {', '.join(sorted(other))}; this config "
-                             f"labels at {dft.level_of_theory}: use another database")
+            raise InputError(
+                f"{database} holds labels at {', '.join(sorted(other))}; this config "
+                f"labels at {dft.level_of_theory}: use another database"
+            )
         report = store.add(images, split=split, fractions=config.split)
     except InputError as err:
         raise _fail(err) from None
     pending = store.count(status="pending")
-    console.print(f"{len(images)} structures read: {len(report.added)} new, "
-                  f"{report.duplicates} already stored; {pending} to label at "
-                  f"{dft.level_of_theory} on '{config.executor.profile}'")
-    with Progress(TextColumn("[bold]labelling"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.description}"),
-                  console=console) as progress:
+    console.print(
+        f"{len(images)} structures read: {len(report.added)} new, "
+        f"{report.duplicates} already stored; {pending} to label at "
+        f"{dft.level_of_theory} on '{config.executor.profile}'"
+    )
+    with Progress(
+        TextColumn("[bold]labelling"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+    ) as progress:
         task = progress.add_task("", total=pending)
 
         def advance(row_id: int, result) -> None:
@@ -93,14 +124,24 @@ def label(
                 progress.console.print(f"row {row_id} failed: {result.reason}", highlight=False)
             progress.update(task, advance=1, description=f"row {row_id}")
 
-        summary = label_pending(store, dft, config.executor, system.charge, system.multiplicity,
-                                run_dir=_run_dir(config, database), on_result=advance)
+        summary = label_pending(
+            store,
+            dft,
+            config.executor,
+            system.charge,
+            system.multiplicity,
+            run_dir=_run_dir(config, database),
+            on_result=advance,
+        )
     table = Table(title=f"label run {summary.run}", show_header=False)
-    for name, value in [("labelled", summary.labelled), ("failed", summary.failed),
-                        ("skipped (already stored)", report.duplicates),
-                        ("left pending (errors)", len(summary.errors)),
-                        ("wall time", f"{summary.seconds:.1f} s"),
-                        ("DFT time", f"{summary.label_seconds:.1f} s")]:
+    for name, value in [
+        ("labelled", summary.labelled),
+        ("failed", summary.failed),
+        ("skipped (already stored)", report.duplicates),
+        ("left pending (errors)", len(summary.errors)),
+        ("wall time", f"{summary.seconds:.1f} s"),
+        ("DFT time", f"{summary.label_seconds:.1f} s"),
+    ]:
         table.add_row(name, str(value))
     console.print(table)
     for row_id, error in summary.errors.items():
@@ -113,8 +154,12 @@ def label(
 def db_import(
     file: Annotated[Path, typer.Argument(help="extxyz (with energy/forces) or rMD17 npz.")],
     db: DbOption,
-    split: Annotated[str | None, typer.Option(help="train | val | test (default: by hash).")] = None,
-    level: Annotated[str | None, typer.Option(help="Level of theory of the labels in FILE.")] = None,
+    split: Annotated[
+        str | None, typer.Option(help="train | val | test (default: by hash).")
+    ] = None,
+    level: Annotated[
+        str | None, typer.Option(help="Level of theory of the labels in FILE.")
+    ] = None,
 ) -> None:
     """Store structures with the labels they already carry; no DFT."""
     from sapis.store import DatasetStore
@@ -149,8 +194,10 @@ def db_stats(db: DbOption) -> None:
     if "energy_per_atom" in stats:
         lo, hi = stats["energy_per_atom"]
         flo, fhi = stats["max_force"]
-        console.print(f"energy per atom {lo:.3f} … {hi:.3f} eV; largest force per structure "
-                      f"{flo:.3f} … {fhi:.3f} eV/Å")
+        console.print(
+            f"energy per atom {lo:.3f} … {hi:.3f} eV; largest force per structure "
+            f"{flo:.3f} … {fhi:.3f} eV/Å"
+        )
         if stats["label_seconds"]:
             console.print(f"mean DFT time per label {stats['label_seconds']:.1f} s")
     for reason, n in stats["reasons"].most_common():

@@ -79,6 +79,15 @@ class AddReport:
     duplicates: int = 0
 
 
+def _give_postgres_connections_rollback() -> None:
+    """ase-db-backends' PostgreSQL connection wrapper has no ``rollback``, which ASE calls
+    when a transaction fails; without it a refused duplicate turns into AttributeError."""
+    from ase_db_backends import postgresql
+
+    if not hasattr(postgresql.Connection, "rollback"):
+        postgresql.Connection.rollback = lambda self: self.con.rollback()
+
+
 class DatasetStore:
     """Rows of structures and labels in an ASE database at ``url``.
 
@@ -87,7 +96,9 @@ class DatasetStore:
 
     def __init__(self, url: str | Path) -> None:
         self.url = str(url)
-        if not is_url(self.url):
+        if is_url(self.url):
+            _give_postgres_connections_rollback()
+        else:
             Path(self.url).parent.mkdir(parents=True, exist_ok=True)
         try:
             # serial: every MPI rank talks to the database itself; no lock file, which a
@@ -149,8 +160,9 @@ class DatasetStore:
     def _new_row(self, atoms: Atoms, h: str, split: str, level: str | None) -> tuple:
         kvp = {"status": "pending", "split": split, **_provenance(atoms)}
         labels = _labels_of(atoms)
-        plain = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell,
-                      pbc=atoms.pbc)
+        plain = Atoms(
+            numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc
+        )
         if labels is not None:
             if not level:
                 raise InputError("labelled structures need a level of theory")
@@ -220,16 +232,23 @@ class DatasetStore:
     def stats(self) -> dict:
         """Counts by status, split, round, level and source; failure reasons; label ranges."""
         rows = list(self.db.select(include_data=False))
-        by = {key: Counter(str(r.get(key, "-")) for r in rows)
-              for key in ("status", "split", "round", "level", "source")}
+        by = {
+            key: Counter(str(r.get(key, "-")) for r in rows)
+            for key in ("status", "split", "round", "level", "source")
+        }
         labelled = [r for r in rows if r.get("status") == "labelled"]
-        out: dict = {"rows": len(rows), **by,
-                     "reasons": Counter(r.get("reason") for r in rows if r.get("status") == "failed")}
+        out: dict = {
+            "rows": len(rows),
+            **by,
+            "reasons": Counter(r.get("reason") for r in rows if r.get("status") == "failed"),
+        }
         if labelled:
             e = np.array([r.energy / r.natoms for r in labelled])
             fmax = np.array([np.linalg.norm(r.forces, axis=1).max() for r in labelled])
             secs = [r.label_seconds for r in labelled if "label_seconds" in r]
-            out.update(energy_per_atom=(float(e.min()), float(e.max())),
-                       max_force=(float(fmax.min()), float(fmax.max())),
-                       label_seconds=float(np.mean(secs)) if secs else None)
+            out.update(
+                energy_per_atom=(float(e.min()), float(e.max())),
+                max_force=(float(fmax.min()), float(fmax.max())),
+                label_seconds=float(np.mean(secs)) if secs else None,
+            )
         return out

@@ -1,1 +1,2 @@
-"""NequIP models, training, ensembles with calibrated uncertainty, ASE calculator and MD exploration (issue 3)."""
+"""NequIP models, training, ensembles with calibrated uncertainty, ASE calculator and
+MD exploration (issue 3)."""

@@ -11,7 +11,7 @@ from ase.build import molecule
 
 sys.path.insert(0, str(Path(__file__).parent / "services"))
 
-from sapis.config import DFTSettings  # noqa: E402
+from sapis.config import DFTSettings
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "rmd17"

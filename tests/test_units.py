@@ -5,9 +5,9 @@ from sapis import units
 
 
 def test_constants_match_codata():
-    assert units.HARTREE_TO_EV == pytest.approx(27.211386, rel=1e-7)
-    assert units.BOHR_TO_ANGSTROM == pytest.approx(0.52917721, rel=1e-7)
-    assert units.KCAL_PER_MOL_TO_EV == pytest.approx(0.0433641, rel=1e-5)
+    assert pytest.approx(27.211386, rel=1e-7) == units.HARTREE_TO_EV
+    assert pytest.approx(0.52917721, rel=1e-7) == units.BOHR_TO_ANGSTROM
+    assert pytest.approx(0.0433641, rel=1e-5) == units.KCAL_PER_MOL_TO_EV
 
 
 def test_gradient_becomes_force_with_opposite_sign_in_ev_per_angstrom():

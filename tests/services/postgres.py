@@ -11,12 +11,25 @@ ROLE, PASSWORD = "sapis_test", "sapis_test"
 
 
 def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, check=check, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        cmd, capture_output=True, text=True, check=check, stdin=subprocess.DEVNULL
+    )
 
 
 def _psql(sql: str, port: int) -> None:
-    _run("runuser", "-u", "postgres", "--", "psql", "-p", str(port), "-v", "ON_ERROR_STOP=1",
-         "-qc", sql)
+    _run(
+        "runuser",
+        "-u",
+        "postgres",
+        "--",
+        "psql",
+        "-p",
+        str(port),
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-qc",
+        sql,
+    )
 
 
 @dataclass
@@ -50,8 +63,11 @@ def start_postgres(timeout: float = 60) -> PostgresServer:
     if not clusters:
         version = re.search(r"\d+", _run("pg_config", "--version", check=False).stdout or "15")
         _run("pg_createcluster", version.group() if version else "15", "main")
-        clusters = [line.split() for line in _run("pg_lsclusters", "--no-header").stdout.split("\n")
-                    if line.strip()]
+        clusters = [
+            line.split()
+            for line in _run("pg_lsclusters", "--no-header").stdout.split("\n")
+            if line.strip()
+        ]
     version, cluster, port, status = clusters[0][:4]
     started_here = status != "online"
     if started_here:
@@ -61,6 +77,9 @@ def start_postgres(timeout: float = 60) -> PostgresServer:
         if time.monotonic() > deadline:
             raise RuntimeError(f"PostgreSQL {version}/{cluster} did not accept connections")
         time.sleep(0.5)
-    _psql(f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{ROLE}') THEN "
-          f"CREATE ROLE {ROLE} LOGIN CREATEDB PASSWORD '{PASSWORD}'; END IF; END $$", int(port))
+    _psql(
+        f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{ROLE}') THEN "
+        f"CREATE ROLE {ROLE} LOGIN CREATEDB PASSWORD '{PASSWORD}'; END IF; END $$",
+        int(port),
+    )
     return PostgresServer(version, cluster, int(port), started_here)

@@ -1,0 +1,3 @@
+from sapis.cli import app
+
+app(prog_name="sapis")

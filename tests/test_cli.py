@@ -1,0 +1,162 @@
+"""The ``sapis`` command line: bad input stops before any DFT with the database untouched."""
+
+import hashlib
+
+import ase.io
+import numpy as np
+import pytest
+import yaml
+from ase.build import molecule
+from conftest import DATA, jiggled
+from typer.testing import CliRunner
+
+from sapis.cli import app
+from sapis.store import DatasetStore
+
+runner = CliRunner()
+
+
+def config_file(tmp_path, **changes):
+    config = {
+        "system": {"charge": 0, "multiplicity": 1},
+        "dft": {"xc": "PBE", "basis": "sto-3g", "density_fit": False},
+        "executor": {"profile": "threads", "workers": 2},
+        "database": "data.db",
+    }
+    for section, values in changes.items():
+        config[section].update(values)
+    path = tmp_path / "campaign.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def stored(tmp_path):
+    """A database that already holds two labelled waters."""
+    ase.io.write(tmp_path / "first.xyz", jiggled("H2O", 2, seed=1))
+    result = runner.invoke(
+        app, ["label", str(tmp_path / "first.xyz"), "-c", str(config_file(tmp_path))]
+    )
+    assert result.exit_code == 0, result.output
+    return tmp_path / "data.db"
+
+
+def bad_file(tmp_path, kind):
+    path = tmp_path / f"{kind}.xyz"
+    good = "3\n\nO 0 0 0.119\nH 0 0.763 -0.477\nH 0 -0.763 -0.477\n"
+    bad = {
+        "unknown_element": "3\n\nO 0 0 0.119\nXq 0 0.763 -0.477\nH 0 -0.763 -0.477\n",
+        "too_close": "3\n\nO 0 0 0.119\nH 0 0.1 0.1\nH 0 -0.763 -0.477\n",
+        "nan": "3\n\nO 0 0 nan\nH 0 0.763 -0.477\nH 0 -0.763 -0.477\n",
+        "malformed": "3\n\nO 0 0\nH 0 0.763\n",
+    }[kind]
+    path.write_text(good + bad)  # one good structure first: it must not be stored either
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("unknown_element", "unknown element"),
+        ("too_close", "closer than 0.5 Å"),
+        ("nan", "NaN"),
+        ("malformed", "cannot read structures"),
+    ],
+)
+def test_bad_structures_stop_before_dft_with_the_database_untouched(
+    tmp_path, stored, kind, message
+):
+    before = digest(stored)
+    result = runner.invoke(
+        app, ["label", str(bad_file(tmp_path, kind)), "-c", str(config_file(tmp_path))]
+    )
+    assert result.exit_code == 2
+    assert message in result.output
+    assert digest(stored) == before
+
+
+def test_charge_and_multiplicity_that_cannot_fit_stop_before_dft(tmp_path, stored):
+    before = digest(stored)
+    ase.io.write(tmp_path / "new.xyz", jiggled("H2O", 2, seed=9))
+    config = config_file(tmp_path, system={"multiplicity": 2})
+    result = runner.invoke(app, ["label", str(tmp_path / "new.xyz"), "-c", str(config)])
+    assert result.exit_code == 2
+    assert "multiplicity 2 cannot fit 10 electrons" in result.output
+    assert digest(stored) == before
+
+
+def test_a_bad_config_stops_before_anything(tmp_path, stored):
+    before = digest(stored)
+    config = config_file(tmp_path, dft={"basis_set": "def2-svp"})
+    ase.io.write(tmp_path / "new.xyz", jiggled("H2O", 1, seed=9))
+    result = runner.invoke(app, ["label", str(tmp_path / "new.xyz"), "-c", str(config)])
+    assert result.exit_code == 2
+    assert "dft.basis_set: unknown field" in result.output
+    assert digest(stored) == before
+
+
+def test_a_new_database_is_not_even_created_on_bad_input(tmp_path):
+    result = runner.invoke(
+        app, ["label", str(bad_file(tmp_path, "nan")), "-c", str(config_file(tmp_path))]
+    )
+    assert result.exit_code == 2
+    assert not (tmp_path / "data.db").exists()
+
+
+def test_another_level_of_theory_is_refused_on_a_labelled_database(tmp_path, stored):
+    before = digest(stored)
+    ase.io.write(tmp_path / "new.xyz", jiggled("H2O", 1, seed=9))
+    config = config_file(tmp_path, dft={"xc": "B3LYP"})
+    result = runner.invoke(app, ["label", str(tmp_path / "new.xyz"), "-c", str(config)])
+    assert result.exit_code == 2 and "PBE/sto-3g" in result.output
+    assert digest(stored) == before
+
+
+def test_label_reports_duplicates_and_labels_only_new_structures(tmp_path, stored):
+    images = [*jiggled("H2O", 2, seed=1), molecule("NH3")]
+    ase.io.write(tmp_path / "more.xyz", images)
+    result = runner.invoke(
+        app, ["label", str(tmp_path / "more.xyz"), "-c", str(config_file(tmp_path))]
+    )
+    assert result.exit_code == 0, result.output
+    assert "1 new, 2 already stored" in result.output
+    store = DatasetStore(stored)
+    assert store.count(status="labelled") == 3
+    assert len({r.run for r in store.db.select()}) == 2
+
+
+def test_import_stats_export_round_trip(tmp_path):
+    db = str(tmp_path / "import.db")
+    result = runner.invoke(
+        app, ["db", "import", str(DATA / "rmd17_uracil_test_01.npz"), "--db", db, "--split", "test"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "1000 stored" in result.output
+    again = runner.invoke(app, ["db", "import", str(DATA / "rmd17_uracil_test_01.npz"), "--db", db])
+    assert "0 stored, 1000 already stored" in again.output
+    stats = runner.invoke(app, ["db", "stats", "--db", db])
+    assert (
+        stats.exit_code == 0 and "labelled: 1000" in stats.output and "test: 1000" in stats.output
+    )
+    out = tmp_path / "uracil.extxyz"
+    export = runner.invoke(app, ["db", "export", "--db", db, str(out)])
+    assert export.exit_code == 0 and "1000 labelled" in export.output
+    back = ase.io.read(out, ":")
+    raw = np.load(DATA / "rmd17_uracil_test_01.npz")
+    energies = sorted(a.get_potential_energy() for a in back)
+    np.testing.assert_allclose(energies, sorted(raw["energies"] * 0.0433641), rtol=1e-6)
+
+
+def test_import_of_labelled_extxyz_needs_a_level(tmp_path, stored):
+    out = tmp_path / "labelled.extxyz"
+    assert runner.invoke(app, ["db", "export", "--db", str(stored), str(out)]).exit_code == 0
+    db = str(tmp_path / "other.db")
+    refused = runner.invoke(app, ["db", "import", str(out), "--db", db])
+    assert refused.exit_code == 2 and "--level" in refused.output
+    ok = runner.invoke(app, ["db", "import", str(out), "--db", db, "--level", "PBE/sto-3g"])
+    assert ok.exit_code == 0 and "2 stored" in ok.output
+    assert DatasetStore(db).levels() == {"PBE/sto-3g"}
