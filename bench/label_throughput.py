@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from sapis.dft.batch import label_pending
 
 from sapis.config import DFTSettings, ExecutorConfig
+from sapis.dft.batch import label_pending
 from sapis.io import read_rmd17
 from sapis.store import DatasetStore
 from sapis.units import gradient_to_forces, hartree_to_ev

@@ -17,10 +17,10 @@ from pathlib import Path
 from ase import Atoms
 from parsl import python_app
 from parsl.dataflow.dflow import DataFlowKernel
-from sapis.dft.executors import parsl_config
-from sapis.dft.labeller import LabelResult, label
 
 from sapis.config import DFTSettings, ExecutorConfig
+from sapis.dft.executors import parsl_config
+from sapis.dft.labeller import LabelResult, label
 from sapis.store import DatasetStore
 
 

@@ -61,6 +61,10 @@ def parsl_config(executor: ExecutorConfig, cores_per_label: int, run_dir: str | 
         retries=executor.retries,
         run_dir=str(run_dir),
         strategy="simple",
+        # how often Parsl decides whether to start blocks; cheap, since the provider
+        # rate-limits its own squeue/qstat polling. 0.5 s instead of 5 s puts the first
+        # block (and so the first label) ~4 s earlier.
+        strategy_period=0.5,
     )
 
 

@@ -6,6 +6,7 @@ rung (or runs past ``settings.time_limit``) comes back with ``converged=False`` 
 reason, never with numbers that could be mistaken for data.
 """
 
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -115,6 +116,7 @@ def provenance(settings: DFTSettings, charge: int, multiplicity: int) -> dict:
         "charge": charge,
         "multiplicity": multiplicity,
         "host": platform.node(),
+        "batch_job": os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID"),
         **settings.model_dump(exclude={"ladder"}),
     }
 

@@ -11,10 +11,10 @@ import yaml
 from conftest import jiggled
 from parsl import python_app
 from parsl.dataflow.dflow import DataFlowKernel
-from sapis.dft.batch import label_pending
-from sapis.dft.executors import parsl_config
 
 from sapis.config import ExecutorConfig
+from sapis.dft.batch import label_pending
+from sapis.dft.executors import parsl_config
 from sapis.store import DatasetStore
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 from parsl.providers import PBSProProvider, SlurmProvider
-from sapis.dft.executors import parsl_config
 
 from sapis.config import parse_config
+from sapis.dft.executors import parsl_config
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "parsl"
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 from ase.build import molecule
-from sapis.dft import check_for_dft, label
 
 from sapis.config import Rung
+from sapis.dft import check_for_dft, label
 from sapis.errors import InputError
 
 

@@ -4,9 +4,9 @@ even on converged grids) and energies within 1 meV after one constant offset."""
 
 import numpy as np
 from conftest import DATA
-from sapis.dft import label
 
 from sapis.config import DFTSettings
+from sapis.dft import label
 from sapis.io import read_structures
 
 

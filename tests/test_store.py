@@ -7,9 +7,9 @@ import pytest
 from ase.build import molecule
 from ase.calculators.singlepoint import SinglePointCalculator
 from conftest import jiggled
-from sapis.dft import label
 
 from sapis.config import SplitConfig
+from sapis.dft import label
 from sapis.errors import InputError
 from sapis.store import DatasetStore, split_for
 from sapis.structures import structure_hash

@@ -209,7 +209,7 @@ def _sbin_path() -> str:
     return os.pathsep.join([path, *extra])
 
 
-def _hardware(node: str) -> str:
+def _hardware() -> str:
     """Describe this machine's CPUs and memory for the ``NodeName`` line."""
     try:
         out = subprocess.run(
@@ -235,6 +235,37 @@ def _hardware(node: str) -> str:
         return " ".join(f"{k}={found[k]}" for k in keys)
     mem_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
     return f"CPUs={os.cpu_count() or 1} RealMemory={mem_mb}"
+
+
+def _slurm_version() -> tuple[int, int]:
+    """Return (major, minor) of the installed Slurm, e.g. (22, 5)."""
+    out = subprocess.run(
+        ["slurmd", "-V"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PATH": _sbin_path()},
+        stdin=subprocess.DEVNULL,
+    ).stdout
+    match = re.search(r"(\d+)\.(\d+)", out)
+    return (int(match[1]), int(match[2])) if match else (0, 0)
+
+
+def _cgroup_conf(workdir: Path) -> str:
+    """Return a ``cgroup.conf`` that keeps Slurm away from the host's cgroups.
+
+    slurmd reads cgroup.conf and loads a cgroup plugin even with
+    ``proctrack/linuxproc`` + ``task/none``.  ``autodetect`` would pick
+    cgroup/v2 on modern hosts, which wants systemd/dbus or a writable cgroupfs
+    (not available in containers).  Slurm >= 24.05 can disable cgroups; older
+    versions get the v1 plugin, whose init() touches nothing, pointed at an
+    empty directory so that nothing can ever use the real hierarchy.
+    """
+    if _slurm_version() >= (24, 5):
+        return "CgroupPlugin=disabled\n"
+    fake = workdir / "no-cgroup"
+    fake.mkdir(exist_ok=True)
+    return f"CgroupPlugin=cgroup/v1\nCgroupMountpoint={fake}\nCgroupAutomount=no\n"
 
 
 def _free_port() -> int:
@@ -271,6 +302,7 @@ SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
+EnforcePartLimits=ALL
 SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
@@ -286,12 +318,11 @@ SlurmdLogFile={workdir / "slurmd.log"}
 SlurmctldDebug=info
 SlurmdDebug=info
 PlugStackConfig={workdir / "plugstack.conf"}
-NodeName={node} NodeAddr=127.0.0.1 {_hardware(node)} State=UNKNOWN
+NodeName={node} NodeAddr=127.0.0.1 {_hardware()} State=UNKNOWN
 PartitionName={PARTITION} Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """
     )
-    # Only read if a cgroup plugin gets loaded; keep it harmless.
-    (workdir / "cgroup.conf").write_text("CgroupPlugin=autodetect\n")
+    (workdir / "cgroup.conf").write_text(_cgroup_conf(workdir))
     (workdir / "plugstack.conf").write_text("")
     return conf
 
