@@ -104,6 +104,25 @@ def build_scf(mol, multiplicity: int, settings: DFTSettings, rung: Rung, watch: 
     return mf
 
 
+_TIME_LIMIT = "time limit reached"
+
+
+def _try_rung(mol, multiplicity: int, settings: DFTSettings, rung: Rung, deadline: float):
+    """Run the SCF of one rung; returns its :class:`Attempt` and the SCF object."""
+    start = time.monotonic()
+    watch = _CycleWatch(deadline)
+    mf = build_scf(mol, multiplicity, settings, rung, watch)
+    energy, error = None, None
+    try:
+        energy = hartree_to_ev(mf.kernel())
+    except _TimeLimitReached:
+        error = _TIME_LIMIT
+    except Exception as err:  # a rung that crashes is a failed rung, not a failed batch
+        error = f"{type(err).__name__}: {err}"
+    converged = error is None and bool(mf.converged)
+    return Attempt(rung.name, converged, watch.cycles, energy, time.monotonic() - start, error), mf
+
+
 def provenance(settings: DFTSettings, charge: int, multiplicity: int) -> dict:
     """What produced a label: program, version and every setting that matters."""
     import pyscf
@@ -139,8 +158,14 @@ def label(
         Spin multiplicity 2S+1; 1 runs RKS, anything else UKS.
     """
     from pyscf import lib
+    from threadpoolctl import threadpool_limits
 
-    lib.num_threads(settings.threads)
+    lib.num_threads(settings.threads)  # PySCF's OpenMP loops
+    with threadpool_limits(limits=settings.threads):  # and numpy's BLAS, which has its own pool
+        return _label(atoms, settings, charge, multiplicity)
+
+
+def _label(atoms: Atoms, settings: DFTSettings, charge: int, multiplicity: int) -> LabelResult:
     start = time.monotonic()
     deadline = start + settings.time_limit
     attempts: list[Attempt] = []
@@ -148,46 +173,12 @@ def label(
     mol = build_molecule(atoms, charge, multiplicity, settings)
     reason = None
     for rung in settings.ladder:
-        t0 = time.monotonic()
-        watch = _CycleWatch(deadline)
-        mf = build_scf(mol, multiplicity, settings, rung, watch)
-        try:
-            energy = mf.kernel()
-        except _TimeLimitReached:
-            attempts.append(
-                Attempt(
-                    rung.name,
-                    False,
-                    watch.cycles,
-                    None,
-                    time.monotonic() - t0,
-                    "time limit reached",
-                )
-            )
+        attempt, mf = _try_rung(mol, multiplicity, settings, rung, deadline)
+        attempts.append(attempt)
+        if attempt.error == _TIME_LIMIT:
             reason = f"time limit of {settings.time_limit:g} s reached during rung {rung.name}"
             break
-        except Exception as err:  # a rung that crashes is a failed rung, not a failed batch
-            attempts.append(
-                Attempt(
-                    rung.name,
-                    False,
-                    watch.cycles,
-                    None,
-                    time.monotonic() - t0,
-                    f"{type(err).__name__}: {err}",
-                )
-            )
-            continue
-        attempts.append(
-            Attempt(
-                rung.name,
-                bool(mf.converged),
-                watch.cycles,
-                hartree_to_ev(energy),
-                time.monotonic() - t0,
-            )
-        )
-        if not mf.converged:
+        if not attempt.converged:
             continue
         if time.monotonic() > deadline:
             reason = f"time limit of {settings.time_limit:g} s reached before forces"
@@ -197,7 +188,7 @@ def label(
         forces = gradient_to_forces(gradient.kernel())
         return LabelResult(
             True,
-            hartree_to_ev(energy),
+            attempt.energy,
             forces,
             rung.name,
             attempts,

@@ -95,8 +95,8 @@ def test_local_profile_labels_through_the_cli(tmp_path):
         text=True,
         timeout=300,
     )
-    assert out.returncode == 0, out.stderr
-    assert "labelled" in out.stdout and "4 new" in out.stdout
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "labelled" in out.stdout and "4 new" in out.stdout, out.stdout + out.stderr
     assert DatasetStore(tmp_path / "data.db").count(status="labelled") == 4
     assert (tmp_path / "runinfo").is_dir()  # Parsl's logs beside the database
 

@@ -209,17 +209,22 @@ def _sbin_path() -> str:
     return os.pathsep.join([path, *extra])
 
 
+def _slurmd(flag: str) -> str:
+    """Output of ``slurmd FLAG`` (``-C`` hardware, ``-V`` version)."""
+    return subprocess.run(
+        ["slurmd", flag],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PATH": _sbin_path()},
+        stdin=subprocess.DEVNULL,
+    ).stdout
+
+
 def _hardware() -> str:
     """Describe this machine's CPUs and memory for the ``NodeName`` line."""
     try:
-        out = subprocess.run(
-            ["slurmd", "-C"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env={**os.environ, "PATH": _sbin_path()},
-            stdin=subprocess.DEVNULL,
-        ).stdout
+        out = _slurmd("-C")
     except (OSError, subprocess.SubprocessError):
         out = ""
     keys = (
@@ -239,14 +244,7 @@ def _hardware() -> str:
 
 def _slurm_version() -> tuple[int, int]:
     """Return (major, minor) of the installed Slurm, e.g. (22, 5)."""
-    out = subprocess.run(
-        ["slurmd", "-V"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "PATH": _sbin_path()},
-        stdin=subprocess.DEVNULL,
-    ).stdout
+    out = _slurmd("-V")
     match = re.search(r"(\d+)\.(\d+)", out)
     return (int(match[1]), int(match[2])) if match else (0, 0)
 
