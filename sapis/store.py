@@ -22,6 +22,8 @@ import psycopg2
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.db.row import AtomsRow, atoms2dict
+from ase_db_backends.postgresql import Connection as PostgresConnection
+from ase_db_backends.postgresql import PostgreSQLDatabase
 
 from sapis.config import SplitConfig, is_url
 from sapis.dft.labeller import LabelResult
@@ -79,13 +81,23 @@ class AddReport:
     duplicates: int = 0
 
 
-def _give_postgres_connections_rollback() -> None:
-    """ase-db-backends' PostgreSQL connection wrapper has no ``rollback``, which ASE calls
-    when a transaction fails; without it a refused duplicate turns into AttributeError."""
-    from ase_db_backends import postgresql
+class _Connection(PostgresConnection):
+    def rollback(self) -> None:  # missing upstream; ASE calls it when a transaction fails
+        self.con.rollback()
 
-    if not hasattr(postgresql.Connection, "rollback"):
-        postgresql.Connection.rollback = lambda self: self.con.rollback()
+
+class _PostgreSQLDatabase(PostgreSQLDatabase):
+    """ase-db-backends' PostgreSQL database with two concurrency bugs fixed: a new row's
+    id was read as the sequence's global ``last_value``, so with two writers a row's
+    search keys could land on the other writer's row (or on none, failing the foreign
+    key); ``currval`` is this session's own. And failed transactions can roll back."""
+
+    def _connect(self):
+        return _Connection(psycopg2.connect(self.filename))
+
+    def get_last_id(self, cur) -> int:
+        cur.execute("SELECT currval('systems_id_seq')")
+        return int(cur.fetchone()[0])
 
 
 class DatasetStore:
@@ -96,14 +108,15 @@ class DatasetStore:
 
     def __init__(self, url: str | Path) -> None:
         self.url = str(url)
-        if is_url(self.url):
-            _give_postgres_connections_rollback()
-        else:
+        if not is_url(self.url):
             Path(self.url).parent.mkdir(parents=True, exist_ok=True)
         try:
             # serial: every MPI rank talks to the database itself; no lock file, which a
             # killed process would leave behind (SQLite and PostgreSQL lock on their own)
-            self.db = ase.db.connect(self.url, serial=True, use_lock_file=False)
+            if self.url.startswith(("postgresql://", "postgres://")):
+                self.db = _PostgreSQLDatabase(self.url, serial=True, use_lock_file=False)
+            else:
+                self.db = ase.db.connect(self.url, serial=True, use_lock_file=False)
             self.db.count()
         except psycopg2.OperationalError as err:
             raise InputError(f"cannot reach database {self.url}: {err}".strip()) from None
@@ -151,11 +164,30 @@ class DatasetStore:
         except _DUPLICATE:  # another writer stored some of them meanwhile: go one by one
             report.added = []
             for row in rows:
-                try:
-                    report.added.append(self.db.write(*row))
-                except _DUPLICATE:
+                row_id = self._write_new(*row)
+                if row_id is None:
                     report.duplicates += 1
+                else:
+                    report.added.append(row_id)
         return report
+
+    def _write_new(self, row: AtomsRow, kvp: dict, data: dict, tries: int = 5) -> int | None:
+        """Write one new row; None if its structure is stored already. An integrity error
+        counts as a duplicate only when the hash really is there now."""
+        for _ in range(tries):
+            try:
+                return self.db.write(row, kvp, data)
+            except _DUPLICATE:
+                if row.unique_id in self._present([row.unique_id]):
+                    return None
+        raise RuntimeError(f"could not store structure {row.unique_id} after {tries} tries")
+
+    def _present(self, hashes: list[str]) -> set[str]:
+        with self.db.managed_connection() as con:
+            cur = con.cursor()
+            marks = ", ".join("?" * len(hashes))
+            cur.execute(f"SELECT unique_id FROM systems WHERE unique_id IN ({marks})", hashes)
+            return {r[0] for r in cur.fetchall()}
 
     def _new_row(self, atoms: Atoms, h: str, split: str, level: str | None) -> tuple:
         kvp = {"status": "pending", "split": split, **_provenance(atoms)}
