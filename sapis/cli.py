@@ -158,7 +158,11 @@ def db_import(
         str | None, typer.Option(help="train | val | test (default: by hash).")
     ] = None,
     level: Annotated[
-        str | None, typer.Option(help="Level of theory of the labels in FILE.")
+        str | None,
+        typer.Option(
+            help="Level of theory of the labels in FILE (default: each structure's own "
+            "'level', as 'sapis db export' writes it; PBE/def2-svp for rMD17 npz)."
+        ),
     ] = None,
 ) -> None:
     """Store structures with the labels they already carry; no DFT."""
@@ -168,8 +172,14 @@ def db_import(
     try:
         images = _read_checked(file, check_structure)
         level = level or ("PBE/def2-svp" if file.suffix == ".npz" else None)
-        if level is None and any(a.calc is not None for a in images):
-            raise InputError(f"{file} carries labels: say their level of theory with --level")
+        unknown = [
+            k for k, a in enumerate(images) if a.calc is not None and not a.info.get("level")
+        ]
+        if level is None and unknown:
+            raise InputError(
+                f"{file} structure {unknown[0]} carries labels of unknown level of theory: "
+                "say it with --level"
+            )
         report = DatasetStore(db).add(images, split=split, level=level)
     except InputError as err:
         raise _fail(err) from None

@@ -141,8 +141,9 @@ class DatasetStore:
     ) -> AddReport:
         """Store structures that are not stored yet.
 
-        Structures carrying energy and forces are stored ``labelled`` at ``level`` (a
-        label without a level is refused); the rest ``pending``. ``split`` forces one
+        Structures carrying energy and forces are stored ``labelled`` at ``level`` (or
+        their own ``atoms.info["level"]``; a label without a level is refused); the rest
+        ``pending``. ``split`` forces one
         split for all; otherwise it is drawn from each hash with ``fractions``.
         """
         if split is not None and split not in SPLITS:
@@ -196,6 +197,7 @@ class DatasetStore:
             numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc
         )
         if labels is not None:
+            level = level or atoms.info.get("level")
             if not level:
                 raise InputError("labelled structures need a level of theory")
             plain.calc = SinglePointCalculator(plain, energy=labels[0], forces=labels[1])

@@ -151,12 +151,20 @@ def test_import_stats_export_round_trip(tmp_path):
     np.testing.assert_allclose(energies, sorted(raw["energies"] * 0.0433641), rtol=1e-6)
 
 
-def test_import_of_labelled_extxyz_needs_a_level(tmp_path, stored):
+def test_import_of_labelled_extxyz_keeps_or_asks_for_the_level(tmp_path, stored):
     out = tmp_path / "labelled.extxyz"
     assert runner.invoke(app, ["db", "export", "--db", str(stored), str(out)]).exit_code == 0
     db = str(tmp_path / "other.db")
-    refused = runner.invoke(app, ["db", "import", str(out), "--db", db])
-    assert refused.exit_code == 2 and "--level" in refused.output
-    ok = runner.invoke(app, ["db", "import", str(out), "--db", db, "--level", "PBE/sto-3g"])
+    ok = runner.invoke(app, ["db", "import", str(out), "--db", db])  # level comes with the file
     assert ok.exit_code == 0 and "2 stored" in ok.output
     assert DatasetStore(db).levels() == {"PBE/sto-3g"}
+    bare = tmp_path / "bare.extxyz"
+    images = ase.io.read(out, ":")
+    for atoms in images:
+        del atoms.info["level"]
+    ase.io.write(bare, images)
+    db2 = str(tmp_path / "third.db")
+    refused = runner.invoke(app, ["db", "import", str(bare), "--db", db2])
+    assert refused.exit_code == 2 and "unknown level of theory" in refused.output
+    given = runner.invoke(app, ["db", "import", str(bare), "--db", db2, "--level", "PBE/sto-3g"])
+    assert given.exit_code == 0 and DatasetStore(db2).levels() == {"PBE/sto-3g"}
