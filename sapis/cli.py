@@ -70,6 +70,9 @@ def label(
     split: Annotated[
         str | None, typer.Option(help="train | val | test for all (default: by hash).")
     ] = None,
+    retry_failed: Annotated[
+        bool, typer.Option(help="Set failed rows back to pending and label them again.")
+    ] = False,
 ) -> None:
     """Import every structure in INPUT and label every row still pending with PySCF DFT.
 
@@ -100,6 +103,8 @@ def label(
                 f"labels at {dft.level_of_theory}: use another database"
             )
         report = store.add(images, split=split, fractions=config.split)
+        if retry_failed:
+            console.print(f"{store.reset_failed()} failed rows set back to pending")
     except InputError as err:
         raise _fail(err) from None
     pending = store.count(status="pending")

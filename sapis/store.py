@@ -233,6 +233,22 @@ class DatasetStore:
         data.update(attempts=result.attempts_as_dicts(), dft=result.provenance)
         self.db.write(row, key_value_pairs=kvp, data=data, id=row_id)
 
+    def reset_failed(self) -> int:
+        """Set every ``failed`` row back to ``pending`` (e.g. after raising the time limit
+        or changing the ladder); the failure is kept in the row's data as
+        ``previous_failure``. Returns how many rows were reset."""
+        failed = list(self.db.select(status="failed"))
+        with self.db:
+            for row in failed:
+                previous = {"reason": row.get("reason"), "attempts": row.data.get("attempts")}
+                self.db.update(
+                    row.id,
+                    delete_keys=["reason"],
+                    status="pending",
+                    data={"previous_failure": previous},
+                )
+        return len(failed)
+
     # --- reading -------------------------------------------------------------------------
 
     def pending(self) -> list[tuple[int, Atoms]]:

@@ -168,3 +168,23 @@ def test_import_of_labelled_extxyz_keeps_or_asks_for_the_level(tmp_path, stored)
     assert refused.exit_code == 2 and "unknown level of theory" in refused.output
     given = runner.invoke(app, ["db", "import", str(bare), "--db", db2, "--level", "PBE/sto-3g"])
     assert given.exit_code == 0 and DatasetStore(db2).levels() == {"PBE/sto-3g"}
+
+
+def test_retry_failed_labels_rows_that_failed_before_and_keeps_the_failure(tmp_path):
+    ase.io.write(tmp_path / "in.xyz", jiggled("H2O", 2, seed=4))
+    hopeless = config_file(tmp_path, dft={"max_cycle": 1, "ladder": [{"name": "only"}]})
+    first = runner.invoke(app, ["label", str(tmp_path / "in.xyz"), "-c", str(hopeless)])
+    assert first.exit_code == 0 and "row 1 failed: SCF did not converge" in first.output
+    store = DatasetStore(tmp_path / "data.db")
+    assert store.count(status="failed") == 2
+    config = config_file(tmp_path)
+    rerun = runner.invoke(app, ["label", str(tmp_path / "in.xyz"), "-c", str(config)])
+    assert rerun.exit_code == 0 and store.count(status="failed") == 2  # not retried unasked
+    retry = runner.invoke(
+        app, ["label", str(tmp_path / "in.xyz"), "-c", str(config), "--retry-failed"]
+    )
+    assert retry.exit_code == 0, retry.output
+    assert "2 failed rows set back to pending" in retry.output
+    rows = list(store.db.select())
+    assert all(r.status == "labelled" and "reason" not in r for r in rows)
+    assert all("did not converge" in r.data["previous_failure"]["reason"] for r in rows)
