@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 # Until the campaign flow lands, the main job is labelling the example molecules.
 demo: $(STAMP)
 	$(VENV)/bin/sapis label examples/small_molecules.xyz --config examples/label.yaml
-	$(VENV)/bin/sapis db stats --db runs/example/data.db
+	$(VENV)/bin/sapis db stats --db runs/example/data.db --plot runs/example/stats.png
 	$(VENV)/bin/sapis db export --db runs/example/data.db runs/example/labelled.extxyz
 
 services:

@@ -192,14 +192,25 @@ def db_import(
 
 
 @db_app.command("stats")
-def db_stats(db: DbOption) -> None:
+def db_stats(
+    db: DbOption,
+    plot: Annotated[
+        Path | None, typer.Option(help="Also draw distributions and counts to this PNG.")
+    ] = None,
+) -> None:
     """Counts by status, split, round, level and source; failure reasons; label ranges."""
     from sapis.store import DatasetStore
 
     try:
-        stats = DatasetStore(db).stats()
+        store = DatasetStore(db)
+        stats = store.stats()
     except InputError as err:
         raise _fail(err) from None
+    if plot is not None:
+        from sapis.report import plot_dataset
+
+        plot_dataset(store.summary_rows(), plot, title=db)
+        console.print(f"plots written to {plot}")
     table = Table(title=f"{db}: {stats['rows']} rows")
     table.add_column("by")
     table.add_column("counts")

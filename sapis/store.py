@@ -279,26 +279,55 @@ class DatasetStore:
         ase.io.write(path, images, format="extxyz")
         return len(images)
 
+    def summary_rows(self) -> list[dict]:
+        """One small dict per row for statistics and plots: status, split, round, level,
+        source, reason, energy per atom (eV), largest atomic force (eV/Å), rung and DFT
+        seconds (None where not labelled)."""
+        out = []
+        for r in self.db.select(include_data=False):
+            labelled = r.get("status") == "labelled"
+            out.append(
+                {
+                    **{
+                        k: r.get(k)
+                        for k in (
+                            "status",
+                            "split",
+                            "round",
+                            "level",
+                            "source",
+                            "reason",
+                            "rung",
+                            "label_seconds",
+                        )
+                    },
+                    "energy_per_atom": r.energy / r.natoms if labelled else None,
+                    "max_force": float(np.linalg.norm(r.forces, axis=1).max())
+                    if labelled
+                    else None,
+                }
+            )
+        return out
+
     def stats(self) -> dict:
         """Counts by status, split, round, level and source; failure reasons; label ranges."""
-        rows = list(self.db.select(include_data=False))
-        by = {
-            key: Counter(str(r.get(key, "-")) for r in rows)
-            for key in ("status", "split", "round", "level", "source")
-        }
-        labelled = [r for r in rows if r.get("status") == "labelled"]
+        rows = self.summary_rows()
         out: dict = {
             "rows": len(rows),
-            **by,
-            "reasons": Counter(r.get("reason") for r in rows if r.get("status") == "failed"),
+            **{
+                key: Counter(str(r[key] if r[key] is not None else "-") for r in rows)
+                for key in ("status", "split", "round", "level", "source")
+            },
+            "reasons": Counter(r["reason"] for r in rows if r["status"] == "failed"),
         }
+        labelled = [r for r in rows if r["status"] == "labelled"]
         if labelled:
-            e = np.array([r.energy / r.natoms for r in labelled])
-            fmax = np.array([np.linalg.norm(r.forces, axis=1).max() for r in labelled])
-            secs = [r.label_seconds for r in labelled if "label_seconds" in r]
+            e = [r["energy_per_atom"] for r in labelled]
+            fmax = [r["max_force"] for r in labelled]
+            secs = [r["label_seconds"] for r in labelled if r["label_seconds"] is not None]
             out.update(
-                energy_per_atom=(float(e.min()), float(e.max())),
-                max_force=(float(fmax.min()), float(fmax.max())),
+                energy_per_atom=(min(e), max(e)),
+                max_force=(min(fmax), max(fmax)),
                 label_seconds=float(np.mean(secs)) if secs else None,
             )
         return out

@@ -138,10 +138,11 @@ def test_import_stats_export_round_trip(tmp_path):
     assert "1000 stored" in result.output
     again = runner.invoke(app, ["db", "import", str(DATA / "rmd17_uracil_test_01.npz"), "--db", db])
     assert "0 stored, 1000 already stored" in again.output
-    stats = runner.invoke(app, ["db", "stats", "--db", db])
-    assert (
-        stats.exit_code == 0 and "labelled: 1000" in stats.output and "test: 1000" in stats.output
-    )
+    png = tmp_path / "stats.png"
+    stats = runner.invoke(app, ["db", "stats", "--db", db, "--plot", str(png)])
+    assert stats.exit_code == 0, stats.output
+    assert "labelled: 1000" in stats.output and "test: 1000" in stats.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
     out = tmp_path / "uracil.extxyz"
     export = runner.invoke(app, ["db", "export", "--db", db, str(out)])
     assert export.exit_code == 0 and "1000 labelled" in export.output
