@@ -125,11 +125,15 @@ class DatasetStore:
 
     # --- writing -------------------------------------------------------------------------
 
-    def hashes(self) -> set[str]:
-        """Structure hashes of every stored row."""
+    def hashes(self, among: list[str] | None = None) -> set[str]:
+        """Structure hashes of every stored row (or of those ``among`` that are stored)."""
+        sql, args = "SELECT unique_id FROM systems", []
+        if among is not None:
+            sql += f" WHERE unique_id IN ({', '.join('?' * len(among))})"
+            args = list(among)
         with self.db.managed_connection() as con:
             cur = con.cursor()
-            cur.execute("SELECT unique_id FROM systems")
+            cur.execute(sql, args)
             return {r[0] for r in cur.fetchall()}
 
     def add(
@@ -143,8 +147,8 @@ class DatasetStore:
 
         Structures carrying energy and forces are stored ``labelled`` at ``level`` (or
         their own ``atoms.info["level"]``; a label without a level is refused); the rest
-        ``pending``. ``split`` forces one
-        split for all; otherwise it is drawn from each hash with ``fractions``.
+        ``pending``. ``split`` forces one split for all; otherwise it is drawn from each
+        hash with ``fractions``.
         """
         if split is not None and split not in SPLITS:
             raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -179,16 +183,9 @@ class DatasetStore:
             try:
                 return self.db.write(row, kvp, data)
             except _DUPLICATE:
-                if row.unique_id in self._present([row.unique_id]):
+                if self.hashes(among=[row.unique_id]):
                     return None
         raise RuntimeError(f"could not store structure {row.unique_id} after {tries} tries")
-
-    def _present(self, hashes: list[str]) -> set[str]:
-        with self.db.managed_connection() as con:
-            cur = con.cursor()
-            marks = ", ".join("?" * len(hashes))
-            cur.execute(f"SELECT unique_id FROM systems WHERE unique_id IN ({marks})", hashes)
-            return {r[0] for r in cur.fetchall()}
 
     def _new_row(self, atoms: Atoms, h: str, split: str, level: str | None) -> tuple:
         kvp = {"status": "pending", "split": split, **_provenance(atoms)}
