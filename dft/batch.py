@@ -19,6 +19,7 @@ from parsl import python_app
 from parsl.dataflow.dflow import DataFlowKernel
 
 from sapis.config import DFTSettings, ExecutorConfig
+from sapis.dft.checks import check_for_dft
 from sapis.dft.executors import parsl_config
 from sapis.dft.labeller import LabelResult, label
 from sapis.store import DatasetStore
@@ -53,13 +54,16 @@ def label_pending(
     """Label the pending rows of ``store`` on ``executor``; returns a :class:`BatchSummary`.
 
     ``on_result(row_id, result)`` is called after each row is written (``result`` None
-    when the app itself failed), e.g. to advance a progress bar.
+    when the app itself failed), e.g. to advance a progress bar. Every pending structure
+    is checked (:func:`~sapis.dft.checks.check_for_dft`) before any DFT starts.
     """
     start = time.monotonic()
     summary = BatchSummary(run=uuid.uuid4().hex[:12])
     todo = store.pending()
     if not todo:
         return summary
+    for row_id, atoms in todo:  # rows stored earlier, by other commands, are checked too
+        check_for_dft(atoms, charge, multiplicity, settings.basis, f"{store.url} row {row_id}")
     run_dir = Path(run_dir or "runinfo")
     run_dir.mkdir(parents=True, exist_ok=True)
     dfk = DataFlowKernel(parsl_config(executor, settings.threads, run_dir))

@@ -80,9 +80,11 @@ def label(
     each one finishes, so a rerun after a crash labels only what is missing."""
     from sapis.dft import check_for_dft
     from sapis.dft.batch import label_pending
-    from sapis.store import DatasetStore
+    from sapis.store import SPLITS, DatasetStore
 
     try:
+        if split is not None and split not in SPLITS:
+            raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
         config = load_config(config_path)
         system, dft = config.system, config.dft
         input = input or system.structures
@@ -113,31 +115,34 @@ def label(
         f"{report.duplicates} already stored; {pending} to label at "
         f"{dft.level_of_theory} on '{config.executor.profile}'"
     )
-    with Progress(
-        TextColumn("[bold]labelling"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.description}"),
-        console=console,
-    ) as progress:
-        task = progress.add_task("", total=pending)
+    try:
+        with Progress(
+            TextColumn("[bold]labelling"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.description}"),
+            console=console,
+        ) as progress:
+            task = progress.add_task("", total=pending)
 
-        def advance(row_id: int, result) -> None:
-            if result is not None and not result.converged:
-                progress.console.print(f"row {row_id} failed: {result.reason}", highlight=False)
-            progress.update(task, advance=1, description=f"row {row_id}")
+            def advance(row_id: int, result) -> None:
+                if result is not None and not result.converged:
+                    progress.console.print(f"row {row_id} failed: {result.reason}", highlight=False)
+                progress.update(task, advance=1, description=f"row {row_id}")
 
-        summary = label_pending(
-            store,
-            dft,
-            config.executor,
-            system.charge,
-            system.multiplicity,
-            run_dir=_run_dir(config, database),
-            on_result=advance,
-        )
+            summary = label_pending(
+                store,
+                dft,
+                config.executor,
+                system.charge,
+                system.multiplicity,
+                run_dir=_run_dir(config, database),
+                on_result=advance,
+            )
+    except InputError as err:  # a stored pending row that cannot be labelled
+        raise _fail(err) from None
     table = Table(title=f"label run {summary.run}", show_header=False)
     for name, value in [
         ("labelled", summary.labelled),

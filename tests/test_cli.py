@@ -189,3 +189,37 @@ def test_retry_failed_labels_rows_that_failed_before_and_keeps_the_failure(tmp_p
     rows = list(store.db.select())
     assert all(r.status == "labelled" and "reason" not in r for r in rows)
     assert all("did not converge" in r.data["previous_failure"]["reason"] for r in rows)
+
+
+def test_a_bad_split_stops_before_a_database_is_created(tmp_path):
+    ase.io.write(tmp_path / "in.xyz", jiggled("H2O", 1))
+    result = runner.invoke(
+        app,
+        [
+            "label",
+            str(tmp_path / "in.xyz"),
+            "-c",
+            str(config_file(tmp_path)),
+            "--split",
+            "training",
+        ],
+    )
+    assert result.exit_code == 2 and "unknown split 'training'" in result.output
+    assert not (tmp_path / "data.db").exists()
+
+
+def test_pending_rows_stored_earlier_are_checked_before_any_dft(tmp_path):
+    # an unlabelled OH radical imported earlier cannot be a singlet: nothing is computed
+    ase.io.write(tmp_path / "radical.xyz", molecule("OH"))
+    db = str(tmp_path / "data.db")
+    assert (
+        runner.invoke(app, ["db", "import", str(tmp_path / "radical.xyz"), "--db", db]).exit_code
+        == 0
+    )
+    ase.io.write(tmp_path / "in.xyz", jiggled("H2O", 1))
+    result = runner.invoke(
+        app, ["label", str(tmp_path / "in.xyz"), "-c", str(config_file(tmp_path))]
+    )
+    assert result.exit_code == 2 and "row 1" in result.output and "cannot fit" in result.output
+    store = DatasetStore(db)
+    assert store.count(status="labelled") == 0 and store.count(status="pending") == 2
