@@ -1,5 +1,6 @@
 """Checks that a structure can be labelled at a given level of theory, before any DFT."""
 
+import functools
 import warnings
 
 from ase import Atoms
@@ -24,19 +25,25 @@ def check_electronic_state(atoms: Atoms, charge: int, multiplicity: int, where: 
         )
 
 
-def check_basis(atoms: Atoms, basis: str, where: str) -> None:
-    """Raise :class:`InputError` if ``basis`` has no functions for an element of ``atoms``."""
+@functools.cache
+def _basis_covers(basis: str, symbol: str) -> bool:
+    """Whether PySCF's ``basis`` has functions for ``symbol`` (read once per pair)."""
     from pyscf.gto import basis as pyscf_basis
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            pyscf_basis.load(basis, symbol)
+        except Exception:
+            return False
+    return True
+
+
+def check_basis(atoms: Atoms, basis: str, where: str) -> None:
+    """Raise :class:`InputError` if ``basis`` has no functions for an element of ``atoms``."""
     for symbol in sorted(set(atoms.get_chemical_symbols())):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                pyscf_basis.load(basis, symbol)
-            except Exception:
-                raise InputError(
-                    f"{where}: basis {basis!r} has no functions for {symbol}"
-                ) from None
+        if not _basis_covers(basis, symbol):
+            raise InputError(f"{where}: basis {basis!r} has no functions for {symbol}")
 
 
 def check_for_dft(

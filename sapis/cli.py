@@ -80,11 +80,10 @@ def label(
     each one finishes, so a rerun after a crash labels only what is missing."""
     from sapis.dft import check_for_dft
     from sapis.dft.batch import label_pending
-    from sapis.store import SPLITS, DatasetStore
+    from sapis.store import DatasetStore, check_split
 
     try:
-        if split is not None and split not in SPLITS:
-            raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        check_split(split)
         config = load_config(config_path)
         system, dft = config.system, config.dft
         input = input or system.structures
@@ -208,13 +207,14 @@ def db_stats(
 
     try:
         store = DatasetStore(db)
-        stats = store.stats()
+        rows = store.summary_rows()  # read once, for the table and the plot
     except InputError as err:
         raise _fail(err) from None
+    stats = store.stats(rows)
     if plot is not None:
         from sapis.report import plot_dataset
 
-        plot_dataset(store.summary_rows(), plot, title=db)
+        plot_dataset(rows, plot, title=db)
         console.print(f"plots written to {plot}")
     table = Table(title=f"{db}: {stats['rows']} rows")
     table.add_column("by")

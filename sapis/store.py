@@ -36,6 +36,12 @@ PROVENANCE_KEYS = ("source", "round", "temperature", "parent", "uncertainty")
 _DUPLICATE = (sqlite3.IntegrityError, psycopg2.IntegrityError)
 
 
+def check_split(split: str | None) -> None:
+    """Raise :class:`InputError` unless ``split`` is None or one of :data:`SPLITS`."""
+    if split is not None and split not in SPLITS:
+        raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+
+
 def split_for(structure_id: str, fractions: SplitConfig) -> str:
     """Deterministic split of a structure from its hash: same answer on every machine."""
     u = int(structure_id[:8], 16) / 16**8
@@ -150,8 +156,7 @@ class DatasetStore:
         ``pending``. ``split`` forces one split for all; otherwise it is drawn from each
         hash with ``fractions``.
         """
-        if split is not None and split not in SPLITS:
-            raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        check_split(split)
         fractions = fractions or SplitConfig()
         report = AddReport()
         stored = self.hashes()
@@ -306,9 +311,10 @@ class DatasetStore:
             )
         return out
 
-    def stats(self) -> dict:
-        """Counts by status, split, round, level and source; failure reasons; label ranges."""
-        rows = self.summary_rows()
+    def stats(self, rows: list[dict] | None = None) -> dict:
+        """Counts by status, split, round, level and source; failure reasons; label ranges.
+        ``rows`` from :meth:`summary_rows` if the caller has them already."""
+        rows = self.summary_rows() if rows is None else rows
         out: dict = {
             "rows": len(rows),
             **{
