@@ -172,12 +172,71 @@ class SplitConfig(Strict):
         return self
 
 
+class ModelSize(Strict):
+    """One rung of the NequIP size ladder: interaction layers, largest rotation order,
+    features per irrep, width of the radial MLP."""
+
+    layers: int = Field(ge=1)
+    l_max: int = Field(ge=0, le=4)
+    features: int = Field(ge=1)
+    radial_width: int = Field(ge=1)
+
+
+#: Sizes from a seconds-long CPU test model to a production-grade molecular potential.
+SIZES: dict[str, ModelSize] = {
+    "xs": ModelSize(layers=2, l_max=1, features=8, radial_width=16),
+    "s": ModelSize(layers=3, l_max=1, features=16, radial_width=32),
+    "m": ModelSize(layers=4, l_max=2, features=32, radial_width=64),
+    "l": ModelSize(layers=5, l_max=2, features=64, radial_width=128),
+}
+
+
+class TrainingConfig(Strict):
+    """How a surrogate ensemble is trained.
+
+    ``size`` is a name in :data:`SIZES`; ``members`` the ensemble size K (each member has
+    its own seed and bootstrap resample of the training split); ``r_max`` the cutoff in Å;
+    ``max_minutes`` the wall-time budget of one member; ``patience`` the epochs without
+    validation improvement before stopping; ``energy_weight``/``force_weight`` weigh the
+    per-atom energy and force MSE in the loss; ``isolated_atom_energies`` (eV, by element)
+    fix the per-type energy shifts, otherwise they are fitted to the training energies.
+    """
+
+    size: str = "s"
+    members: int = Field(4, ge=1)
+    dtype: Literal["float32", "float64"] = "float32"
+    r_max: float = Field(4.0, gt=0.5)
+    batch_size: int = Field(5, ge=1)
+    learning_rate: float = Field(0.01, gt=0.0)
+    max_epochs: int = Field(10000, ge=1)
+    max_minutes: float = Field(30.0, gt=0.0)
+    patience: int = Field(50, ge=1)
+    energy_weight: float = Field(1.0, ge=0.0)
+    force_weight: float = Field(10.0, ge=0.0)
+    ema_decay: float = Field(0.99, ge=0.0, lt=1.0)
+    bootstrap: bool = True
+    seed: int = 0
+    isolated_atom_energies: dict[str, float] | None = None
+
+    @field_validator("size")
+    @classmethod
+    def _known_size(cls, size: str) -> str:
+        if size not in SIZES:
+            raise ValueError(f"unknown model size {size!r}; known: {', '.join(SIZES)}")
+        return size
+
+    @property
+    def model_size(self) -> ModelSize:
+        return SIZES[self.size]
+
+
 class CampaignConfig(Strict):
     """A whole campaign file."""
 
     system: SystemConfig = Field(default_factory=SystemConfig)
     dft: DFTSettings = Field(default_factory=DFTSettings)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
     database: str
     split: SplitConfig = Field(default_factory=SplitConfig)
 

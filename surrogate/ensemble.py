@@ -1,0 +1,180 @@
+"""Ensembles of NequIP models: batched prediction with uncertainty, and loading from disk.
+
+An ensemble folder holds ``ensemble.json`` (members, size, calibration) and one folder per
+member (``member-0/best.ckpt`` …). Prediction builds each structure's graph once and runs
+every member on whole batches of structures.
+"""
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from sapis.errors import InputError
+from sapis.surrogate.calibration import Calibration
+
+MANIFEST = "ensemble.json"
+
+
+@dataclass
+class Prediction:
+    """Member predictions for S structures: ``energies`` (K, S) in eV and ``forces[i]``
+    (K, N_i, 3) in eV/Å, with the statistics a campaign reads."""
+
+    energies: np.ndarray
+    forces: list[np.ndarray]
+    calibration: Calibration
+
+    @property
+    def energy_mean(self) -> np.ndarray:
+        return self.energies.mean(axis=0)
+
+    @property
+    def energy_std(self) -> np.ndarray:
+        return self.energies.std(axis=0)
+
+    def force_mean(self, i: int) -> np.ndarray:
+        return self.forces[i].mean(axis=0)
+
+    def force_std(self, i: int) -> np.ndarray:
+        """Per-atom spread: norm over x, y, z of the per-component std across members."""
+        return np.sqrt(self.forces[i].var(axis=0).sum(axis=-1))
+
+    @property
+    def max_force_dev(self) -> np.ndarray:
+        """DP-GEN's max atomic force deviation per structure (eV/Å)."""
+        return np.array([self.force_std(i).max() for i in range(len(self.forces))])
+
+    @property
+    def max_force_dev_calibrated(self) -> np.ndarray:
+        return np.array(
+            [self.calibration.forces(self.force_std(i)).max() for i in range(len(self.forces))]
+        )
+
+    def annotate(self, images: Sequence[Atoms]) -> None:
+        """Write the results onto ``images``: mean energy and forces as a single-point
+        calculator, uncertainties in ``info`` (per structure) and ``arrays`` (per atom)."""
+        for i, atoms in enumerate(images):
+            atoms.calc = SinglePointCalculator(
+                atoms, energy=float(self.energy_mean[i]), forces=self.force_mean(i)
+            )
+            std = self.force_std(i)
+            atoms.info.update(
+                energy_std=float(self.energy_std[i]),
+                energy_uncertainty=float(self.calibration.energy(self.energy_std[i])),
+                max_force_dev=float(std.max()),
+                max_force_dev_calibrated=float(self.calibration.forces(std).max()),
+            )
+            atoms.arrays["force_std"] = std
+            atoms.arrays["force_std_calibrated"] = self.calibration.forces(std)
+
+
+class Ensemble:
+    """K trained NequIP models that predict together."""
+
+    def __init__(self, models: list, manifest: dict, folder: Path, device: str) -> None:
+        from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
+
+        self.models = models
+        self.manifest = manifest
+        self.folder = folder
+        self.device = device
+        self.type_names: list[str] = manifest["type_names"]
+        self.r_max: float = manifest["r_max"]
+        self.calibration = Calibration.from_dict(manifest.get("calibration") or {})
+        self.transforms = [
+            ChemicalSpeciesToAtomTypeMapper(
+                model_type_names=self.type_names,
+                chemical_species_to_atom_type_map={t: t for t in self.type_names},
+            ),
+            NeighborListTransform(r_max=self.r_max),
+        ]
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str | None = None) -> "Ensemble":
+        """Load every member of the ensemble in ``folder`` (checkpoints, EMA weights)."""
+        import warnings
+
+        from nequip.model.saved_models.load_utils import load_saved_model
+        from nequip.utils.global_state import set_global_state
+
+        from sapis.surrogate.training import pick_device
+
+        folder = Path(folder).resolve()
+        manifest_path = folder / MANIFEST
+        if not manifest_path.is_file():
+            raise InputError(f"{folder}: not an ensemble folder (no {MANIFEST})")
+        manifest = json.loads(manifest_path.read_text())
+        device = device or pick_device()
+        set_global_state(allow_tf32=False)
+        models = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for member in manifest["members"]:
+                path = folder / member["checkpoint"]
+                if not path.is_file():
+                    raise InputError(f"{folder}: member checkpoint {path} is missing")
+                models.append(load_saved_model(str(path)).eval().to(device))
+        return cls(models, manifest, folder, device)
+
+    @property
+    def size(self) -> int:
+        return len(self.models)
+
+    def check(self, images: Sequence[Atoms]) -> None:
+        """Refuse structures with elements the models were not trained on."""
+        known = set(self.type_names)
+        for i, atoms in enumerate(images):
+            unknown = set(atoms.get_chemical_symbols()) - known
+            if unknown:
+                raise InputError(
+                    f"structure {i} has elements {sorted(unknown)} the ensemble was not trained "
+                    f"on (it knows {', '.join(self.type_names)})"
+                )
+
+    def graphs(self, images: Sequence[Atoms]) -> list[dict]:
+        """nequip input dicts (types mapped, neighbour list built) for ``images``."""
+        from nequip.data import from_ase
+
+        out = []
+        for atoms in images:
+            data = from_ase(Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc))
+            for transform in self.transforms:
+                data = transform(data)
+            out.append(data)
+        return out
+
+    def predict(self, images: Sequence[Atoms], batch_size: int = 64) -> Prediction:
+        """Every member on every structure, ``batch_size`` structures per model call."""
+        from nequip.data import AtomicDataDict
+
+        images = list(images)
+        self.check(images)
+        if not images:
+            return Prediction(np.zeros((self.size, 0)), [], self.calibration)
+        energies = np.zeros((self.size, len(images)))
+        forces = [np.zeros((self.size, len(a), 3)) for a in images]
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            batch = AtomicDataDict.batched_from_list(self.graphs(chunk))
+            batch = AtomicDataDict.to_(batch, self.device)
+            bounds = np.cumsum([0] + [len(a) for a in chunk])
+            for k, model in enumerate(self.models):
+                out = model(dict(batch))
+                e = out[AtomicDataDict.TOTAL_ENERGY_KEY].detach().cpu().numpy().reshape(-1)
+                f = out[AtomicDataDict.FORCE_KEY].detach().cpu().numpy()
+                energies[k, start : start + len(chunk)] = e
+                for j in range(len(chunk)):
+                    forces[start + j][k] = f[bounds[j] : bounds[j + 1]]
+        return Prediction(energies, forces, self.calibration)
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    """Write ``ensemble.json`` atomically (a reader never sees half a file)."""
+    tmp = folder / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    tmp.replace(folder / MANIFEST)

@@ -1,0 +1,261 @@
+"""Train an ensemble: K members with their own seed and bootstrap resample, one after
+another, as MPI ranks (``mpiexec -n K``), or as Parsl apps; then calibrate it.
+
+Fine-tuning warm-starts member k from member k of a parent ensemble on the grown data;
+asking for a different size than the parent's trains that size from scratch instead.
+"""
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import ase.io
+import numpy as np
+from ase import Atoms
+
+from sapis.config import TrainingConfig
+from sapis.errors import InputError
+from sapis.surrogate.calibration import fit_calibration, plot_calibration
+from sapis.surrogate.ensemble import MANIFEST, Ensemble, write_manifest
+from sapis.surrogate.model import type_names_of
+from sapis.surrogate.training import TrainRecord, check_training_data, train_member
+
+
+def bootstrap(images: Sequence[Atoms], seed: int) -> list[Atoms]:
+    """A resample with replacement of ``images``, same size, drawn from ``seed``."""
+    rng = np.random.default_rng(seed)
+    return [images[i] for i in rng.integers(0, len(images), len(images))]
+
+
+def mpi_world():
+    """``(comm, rank, size)`` when launched by ``mpiexec`` with more than one rank, else None."""
+    launched = any(
+        v in os.environ for v in ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
+    )
+    if not launched:
+        return None
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    return (comm, comm.Get_rank(), comm.Get_size()) if comm.Get_size() > 1 else None
+
+
+def parent_members(parent: str | Path) -> tuple[dict, list[Path]]:
+    """Manifest and member checkpoints of a parent ensemble folder."""
+    parent = Path(parent).resolve()
+    path = parent / MANIFEST
+    if not path.is_file():
+        raise InputError(f"--from {parent}: not an ensemble folder (no {MANIFEST})")
+    manifest = json.loads(path.read_text())
+    return manifest, [parent / m["checkpoint"] for m in manifest["members"]]
+
+
+def _plan(training: TrainingConfig, members: int, parent: str | Path | None, size: str | None):
+    """Per member: (seed, parent checkpoint or None); and the size trained."""
+    seeds = [training.seed + 1000 * k for k in range(members)]
+    if parent is None:
+        return [(s, None) for s in seeds], size or training.size
+    manifest, checkpoints = parent_members(parent)
+    if size is not None and size != manifest["size"]:
+        return [(s, None) for s in seeds], size  # a bigger (or smaller) model from scratch
+    return [(s, checkpoints[k % len(checkpoints)]) for k, s in enumerate(seeds)], manifest["size"]
+
+
+def _member_data(train: Sequence[Atoms], training: TrainingConfig, seed: int) -> list[Atoms]:
+    return bootstrap(train, seed) if training.bootstrap else list(train)
+
+
+def _train_one(
+    train_file: str,
+    val_file: str,
+    folder: str,
+    training_json: str,
+    member: int,
+    seed: int,
+    parent: str | None,
+    size: str,
+    progress: bool,
+) -> dict:
+    """Train member ``member`` from files (the form a Parsl app or an MPI rank gets)."""
+    from sapis.config import TrainingConfig
+
+    training = TrainingConfig.model_validate_json(training_json)
+    record = train_member(
+        ase.io.read(train_file, ":"),
+        ase.io.read(val_file, ":"),
+        folder,
+        training,
+        member=member,
+        seed=seed,
+        parent=parent,
+        size=size,
+        progress=progress,
+    )
+    return record.__dict__
+
+
+def train_ensemble(
+    train: Sequence[Atoms],
+    val: Sequence[Atoms],
+    folder: str | Path,
+    training: TrainingConfig,
+    members: int | None = None,
+    parent: str | Path | None = None,
+    size: str | None = None,
+    parsl_config=None,
+    progress: bool = True,
+    on_member=None,
+) -> dict | None:
+    """Train and calibrate an ensemble in ``folder``; returns its manifest.
+
+    Members run one after another, or one per rank when started under ``mpiexec`` (rank 0
+    calibrates and returns the manifest; other ranks return None), or as Parsl apps on
+    ``parsl_config``. ``on_member(record)`` is called as each member finishes.
+    """
+    members = members or training.members
+    check_training_data(train, val)
+    plan, size = _plan(training, members, parent, size)
+    folder = Path(folder).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    world = mpi_world()
+    inputs = []
+    for k, (seed, ckpt) in enumerate(plan):
+        member_dir = folder / f"member-{k}"
+        member_dir.mkdir(exist_ok=True)
+        data = _member_data(train, training, seed)
+        if world is None or world[1] == k % world[2]:
+            ase.io.write(member_dir / "bootstrap.xyz", data, format="extxyz")
+        inputs.append((member_dir, seed, ckpt))
+    ase.io.write(folder / "val.xyz", list(val), format="extxyz")
+    val_file = str(folder / "val.xyz")
+    job = training.model_dump_json()
+    records: list[dict] = []
+    if parsl_config is not None:
+        records = _train_with_parsl(inputs, val_file, job, size, parsl_config, on_member)
+    elif world is not None:
+        comm, rank, ranks = world
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks))
+        mine = [
+            _train_one(
+                str(d / "bootstrap.xyz"),
+                val_file,
+                str(d),
+                job,
+                k,
+                seed,
+                str(c) if c else None,
+                size,
+                progress and rank == 0,
+            )
+            for k, (d, seed, c) in enumerate(inputs)
+            if k % ranks == rank
+        ]
+        gathered = comm.gather(mine, root=0)
+        if rank != 0:
+            comm.Barrier()
+            return None
+        records = sorted((r for part in gathered for r in part), key=lambda r: r["member"])
+        if on_member:
+            for r in records:
+                on_member(TrainRecord(**r))
+    else:
+        for k, (d, seed, c) in enumerate(inputs):
+            record = train_member(
+                _member_data(train, training, seed),
+                val,
+                d,
+                training,
+                member=k,
+                seed=seed,
+                parent=c,
+                size=size,
+                progress=progress,
+            )
+            records.append(record.__dict__)
+            if on_member:
+                on_member(record)
+    manifest = {
+        "size": size,
+        "type_names": type_names_of(train),
+        "r_max": training.r_max,
+        "dtype": training.dtype,
+        "members": [
+            {
+                "checkpoint": f"member-{r['member']}/best.ckpt",
+                "seed": r["seed"],
+                "parent": r["parent"],
+                "parameters": r["parameters"],
+                "val_force_mae": r["val_force_mae"],
+                "val_energy_mae": r["val_energy_mae"],
+                "wall_seconds": r["wall_seconds"],
+                "steps": r["steps"],
+                "flops": r["flops"],
+            }
+            for r in records
+        ],
+        "n_train": len(train),
+        "n_val": len(val),
+        "training": json.loads(job),
+        "parent": str(Path(parent).resolve()) if parent is not None else None,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "wall_seconds": round(time.perf_counter() - started, 2),
+        "calibration": None,
+    }
+    write_manifest(folder, manifest)
+    manifest["calibration"] = calibrate(folder, val).to_dict()
+    write_manifest(folder, manifest)
+    if world is not None:
+        world[0].Barrier()
+    return manifest
+
+
+def _train_with_parsl(inputs, val_file, job, size, parsl_config, on_member) -> list[dict]:
+    """Each member as a Parsl python app on a private DataFlowKernel."""
+    from parsl import python_app
+    from parsl.dataflow.dflow import DataFlowKernel
+
+    dfk = DataFlowKernel(config=parsl_config)
+    try:
+        app = python_app(_train_one, data_flow_kernel=dfk)
+        futures = [
+            app(
+                str(d / "bootstrap.xyz"),
+                val_file,
+                str(d),
+                job,
+                k,
+                seed,
+                str(c) if c else None,
+                size,
+                False,
+            )
+            for k, (d, seed, c) in enumerate(inputs)
+        ]
+        records = []
+        for future in futures:
+            record = future.result()
+            records.append(record)
+            if on_member:
+                on_member(TrainRecord(**record))
+        return records
+    finally:
+        dfk.cleanup()
+
+
+def calibrate(folder: str | Path, val: Sequence[Atoms]):
+    """Fit the spread-to-error map of the ensemble in ``folder`` on ``val`` and plot it
+    (``calibration.png``)."""
+    ensemble = Ensemble.load(folder)
+    pred = ensemble.predict(val)
+    spread = [pred.force_std(i) for i in range(len(val))]
+    errors = [pred.force_mean(i) - a.get_forces() for i, a in enumerate(val)]
+    e_err = pred.energy_mean - np.array([a.get_potential_energy() for a in val])
+    cal = fit_calibration(spread, errors, pred.energy_std, e_err)
+    plot_calibration(cal, spread, errors, Path(folder) / "calibration.png")
+    return cal
