@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -15,7 +16,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from sapis.config import CampaignConfig, is_url, load_config
+from sapis.config import CampaignConfig, format_validation_error, is_url, load_config
 from sapis.errors import InputError
 
 app = typer.Typer(
@@ -249,3 +250,176 @@ def db_export(
     except InputError as err:
         raise _fail(err) from None
     console.print(f"{n} labelled structures written to {out}")
+
+
+@app.command()
+def train(
+    db: DbOption,
+    out: Annotated[Path, typer.Option(help="Folder for the new ensemble.")],
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Campaign YAML (its training: and executor:)."),
+    ] = None,
+    size: Annotated[str | None, typer.Option(help="Model size: xs | s | m | l.")] = None,
+    members: Annotated[int | None, typer.Option(help="Ensemble size K.")] = None,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="Wall-time budget per member, minutes.")
+    ] = None,
+    parent: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="Fine-tune this ensemble's members on the store's data (same size), or, "
+            "with a different --size, train that size from scratch.",
+        ),
+    ] = None,
+    level: Annotated[
+        str | None, typer.Option(help="Level of theory to train on (if the store mixes).")
+    ] = None,
+    parsl: Annotated[
+        bool, typer.Option("--parsl", help="Train members as Parsl apps (config's executor).")
+    ] = False,
+    package: Annotated[
+        bool, typer.Option(help="Also write each member as a nequip package.")
+    ] = True,
+) -> None:
+    """Train (or fine-tune) an ensemble on the store's train split, stopping early on its
+    val split; calibrate its uncertainty. Under ``mpiexec -n K`` each rank trains members."""
+    from sapis.surrogate.ensemble_training import mpi_world, train_ensemble
+
+    world = mpi_world()
+    lead = world is None or world[1] == 0
+    try:
+        cfg = load_config(config) if config else None
+        training = cfg.training if cfg else CampaignConfig(database=db).training
+        overrides = {"size": size, "members": members, "max_minutes": max_minutes}
+        training = training.model_validate(
+            training.model_dump() | {k: v for k, v in overrides.items() if v is not None}
+        )
+        if (out / "ensemble.json").exists():
+            raise InputError(f"{out} already holds an ensemble; choose a new --out folder")
+        if parent is not None and parent.resolve() == out.resolve():
+            raise InputError("--from and --out must be different folders")
+        train_set, val_set = _training_data(db, level)
+        parsl_config = None
+        if parsl:
+            if cfg is None:
+                raise InputError("--parsl needs --config for its executor section")
+            from sapis.dft.executors import parsl_config as build_parsl_config
+
+            parsl_config = build_parsl_config(cfg.executor, 1, out.resolve() / "runinfo")
+    except ValidationError as err:
+        raise _fail(InputError(format_validation_error(err, "training"))) from None
+    except InputError as err:
+        raise _fail(err) from None
+    if lead:
+        what = f"fine-tuning {parent}" if parent and not size else f"size {training.size}"
+        console.print(
+            f"training {training.members} members ({what}) on {len(train_set)} train / "
+            f"{len(val_set)} val structures"
+        )
+
+    def done(record) -> None:
+        if lead:
+            console.print(
+                f"member {record.member}: {record.epochs} epochs, {record.wall_seconds:.0f} s, "
+                f"val force MAE {1000 * record.val_force_mae:.1f} meV/Å ({record.stopped_by})"
+            )
+
+    try:
+        manifest = train_ensemble(
+            train_set,
+            val_set,
+            out,
+            training,
+            parent=parent,
+            size=size,
+            parsl_config=parsl_config,
+            progress=lead,
+            on_member=done,
+        )
+    except InputError as err:
+        raise _fail(err) from None
+    if manifest is None:
+        return
+    if package:
+        from sapis.surrogate.export import package_members
+
+        package_members(out)
+    _print_ensemble(manifest, out)
+
+
+def _training_data(db: str, level: str | None) -> tuple[list, list]:
+    """The store's labelled train and val splits, at one level of theory."""
+    from sapis.store import DatasetStore
+
+    store = DatasetStore(db)
+    levels = store.levels()
+    if level is None and len(levels) > 1:
+        raise InputError(f"{db} mixes levels of theory {sorted(levels)}: choose one with --level")
+    if level is not None and level not in levels:
+        raise InputError(f"{db} has no labels at level {level!r} (it has {sorted(levels)})")
+    sets = []
+    for split in ("train", "val"):
+        images = store.labelled(split)
+        sets.append([a for a in images if level is None or a.info.get("level") == level])
+    return sets[0], sets[1]
+
+
+def _print_ensemble(manifest: dict, out: Path) -> None:
+    table = Table(title=f"{out}: {len(manifest['members'])} × {manifest['size']}")
+    for col in ("member", "parameters", "steps", "seconds", "val E MAE meV", "val F MAE meV/Å"):
+        table.add_column(col, justify="right")
+    for k, m in enumerate(manifest["members"]):
+        table.add_row(
+            str(k),
+            f"{m['parameters']:,}",
+            str(m["steps"]),
+            f"{m['wall_seconds']:.0f}",
+            f"{1000 * m['val_energy_mae']:.1f}",
+            f"{1000 * m['val_force_mae']:.1f}",
+        )
+    console.print(table)
+    cal = manifest["calibration"]
+    console.print(
+        f"calibration on {cal['n_structures']} val structures: spread → error "
+        f"{cal['force_scale']:.3g}·u^{cal['force_power']:.2f}; miscalibration area "
+        f"{cal['miscalibration_area_raw']:.3f} raw → {cal['miscalibration_area']:.3f}; "
+        f"Spearman (max force dev vs max error) {cal['spearman_structures']:.2f}",
+        highlight=False,
+    )
+    console.print(f"plot: {out / 'calibration.png'}")
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="Ensemble folder (from sapis train).")],
+    input: Annotated[Path, typer.Argument(help="Structures: any ASE-readable file.")],
+    out: Annotated[Path, typer.Argument(help="Output extended XYZ file.")],
+    batch_size: Annotated[int, typer.Option(help="Structures per model call.")] = 64,
+) -> None:
+    """Ensemble-mean energy and forces for every structure in INPUT, with the per-structure
+    uncertainty in info (energy_std, max_force_dev[_calibrated]) and per-atom force
+    spread in arrays (force_std[_calibrated])."""
+    import ase.io
+    import numpy as np
+
+    from sapis.io import read_structures
+    from sapis.surrogate.ensemble import Ensemble
+
+    try:
+        if out.exists() and out.resolve() == input.resolve():
+            raise InputError("OUT must differ from INPUT")
+        images = read_structures(input)
+        ensemble = Ensemble.load(model)
+        ensemble.check(images)
+    except InputError as err:
+        raise _fail(err) from None
+    pred = ensemble.predict(images, batch_size=batch_size)
+    pred.annotate(images)
+    ase.io.write(out, images, format="extxyz")
+    dev = pred.max_force_dev_calibrated
+    console.print(
+        f"{len(images)} structures → {out}; calibrated max force deviation median "
+        f"{np.median(dev):.3f}, max {dev.max():.3f} eV/Å"
+    )

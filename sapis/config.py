@@ -230,6 +230,34 @@ class TrainingConfig(Strict):
         return SIZES[self.size]
 
 
+class ExploreConfig(Strict):
+    """Langevin MD with the ensemble-mean potential.
+
+    From each seed structure, one trajectory per temperature (K) of ``steps`` steps of
+    ``timestep`` fs with ``friction`` in 1/fs; a frame is kept every ``sample_every``
+    steps. A trajectory stops when the max force deviation (calibrated, eV/Å) exceeds
+    ``stop_force_dev``, when two atoms come closer than ``min_distance`` Å, or when a
+    covalent bond breaks or forms.
+    """
+
+    temperatures: list[float] = Field(default_factory=lambda: [300.0, 600.0], min_length=1)
+    steps: int = Field(1000, ge=1)
+    sample_every: int = Field(20, ge=1)
+    timestep: float = Field(0.5, gt=0.0, le=5.0)
+    friction: float = Field(0.01, gt=0.0)
+    stop_force_dev: float = Field(1.0, gt=0.0)
+    min_distance: float = Field(0.7, gt=0.0)
+    check_bonds: bool = True
+    seed: int = 0
+
+    @field_validator("temperatures")
+    @classmethod
+    def _positive(cls, temps: list[float]) -> list[float]:
+        if any(t <= 0 for t in temps):
+            raise ValueError(f"temperatures must be positive kelvin, got {temps}")
+        return temps
+
+
 class CampaignConfig(Strict):
     """A whole campaign file."""
 
@@ -237,6 +265,7 @@ class CampaignConfig(Strict):
     dft: DFTSettings = Field(default_factory=DFTSettings)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    explore: ExploreConfig = Field(default_factory=ExploreConfig)
     database: str
     split: SplitConfig = Field(default_factory=SplitConfig)
 

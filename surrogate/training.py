@@ -47,6 +47,7 @@ class TrainRecord:
     stopped_by: str
     checkpoint: str
     parent: str | None = None
+    started_at: float = 0.0  # Unix time
     val_energy_mae: float = math.nan  # eV per structure
     val_energy_mae_per_atom: float = math.nan
     val_force_mae: float = math.nan  # eV/Å
@@ -276,7 +277,7 @@ def train_member(
     )
     threads = torch.get_num_threads()
     initial = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     trainer.fit(module, datamodule=datamodule, weights_only=False)
     wall = time.perf_counter() - started
     torch.set_num_threads(threads)
@@ -310,6 +311,7 @@ def train_member(
         stopped_by=stopped_by,
         checkpoint=str(folder / BEST),
         parent=str(parent) if parent is not None else None,
+        started_at=started_at,
         val_energy_mae=final["val0_epoch/total_energy_mae"],
         val_energy_mae_per_atom=final["val0_epoch/per_atom_energy_mae"],
         val_force_mae=final["val0_epoch/forces_mae"],

@@ -1,0 +1,40 @@
+"""Package ensemble members with nequip's own packager (``nequip-package build``).
+
+A ``.nequip.zip`` package loads without this code base: through
+``nequip.model.saved_models.load_utils.load_saved_model``, ``nequip-compile`` (for
+LAMMPS or the ``NequIPCalculator``), or as a model builder in a nequip training config.
+"""
+
+import contextlib
+import io
+import json
+import logging
+from pathlib import Path
+
+from sapis.errors import InputError
+from sapis.surrogate.ensemble import MANIFEST, write_manifest
+
+
+def package_members(folder: str | Path) -> list[Path]:
+    """Write ``member-k/model.nequip.zip`` for every member; record them in the manifest."""
+    from nequip.scripts.package import main as nequip_package
+
+    folder = Path(folder).resolve()
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise InputError(f"{folder}: not an ensemble folder (no {MANIFEST})")
+    manifest = json.loads(manifest_path.read_text())
+    written = []
+    for member in manifest["members"]:
+        checkpoint = folder / member["checkpoint"]
+        target = checkpoint.parent / "model.nequip.zip"
+        logging.disable(logging.INFO)  # nequip logs every loading step at INFO
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                nequip_package(["build", str(checkpoint), str(target)])
+        finally:
+            logging.disable(logging.NOTSET)
+        member["package"] = str(target.relative_to(folder))
+        written.append(target)
+    write_manifest(folder, manifest)
+    return written
