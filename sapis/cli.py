@@ -381,6 +381,9 @@ def _print_ensemble(manifest: dict, out: Path) -> None:
         )
     console.print(table)
     cal = manifest["calibration"]
+    if not cal["n_structures"]:
+        console.print("a single model has no ensemble spread: uncertainty not calibrated")
+        return
     console.print(
         f"calibration on {cal['n_structures']} val structures: spread → error "
         f"{cal['force_scale']:.3g}·u^{cal['force_power']:.2f}; miscalibration area "

@@ -30,7 +30,7 @@ def read_structures(path: str | Path) -> list[Atoms]:
     if path.suffix == ".npz":
         return read_rmd17(path)
     try:
-        images = ase.io.read(path, index=":")
+        images = ase.io.read(path, index=":", parallel=False)
     except KeyError as err:  # ASE raises KeyError for an element symbol it does not know
         raise InputError(f"{path}: unknown element {err}") from None
     except Exception as err:

@@ -18,7 +18,7 @@ from ase import Atoms
 
 from sapis.config import TrainingConfig
 from sapis.errors import InputError
-from sapis.surrogate.calibration import fit_calibration, plot_calibration
+from sapis.surrogate.calibration import Calibration, fit_calibration, plot_calibration
 from sapis.surrogate.ensemble import MANIFEST, Ensemble, write_manifest
 from sapis.surrogate.model import type_names_of
 from sapis.surrogate.training import TrainRecord, check_training_data, train_member
@@ -84,8 +84,8 @@ def _train_one(
 
     training = TrainingConfig.model_validate_json(training_json)
     record = train_member(
-        ase.io.read(train_file, ":"),
-        ase.io.read(val_file, ":"),
+        ase.io.read(train_file, ":", parallel=False),
+        ase.io.read(val_file, ":", parallel=False),
         folder,
         training,
         member=member,
@@ -128,9 +128,9 @@ def train_ensemble(
         member_dir.mkdir(exist_ok=True)
         data = _member_data(train, training, seed)
         if world is None or world[1] == k % world[2]:
-            ase.io.write(member_dir / "bootstrap.xyz", data, format="extxyz")
+            ase.io.write(member_dir / "bootstrap.xyz", data, format="extxyz", parallel=False)
         inputs.append((member_dir, seed, ckpt))
-    ase.io.write(folder / "val.xyz", list(val), format="extxyz")
+    ase.io.write(folder / "val.xyz", list(val), format="extxyz", parallel=False)
     val_file = str(folder / "val.xyz")
     job = training.model_dump_json()
     records: list[dict] = []
@@ -141,21 +141,27 @@ def train_ensemble(
         import torch
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks))
-        mine = [
-            _train_one(
-                str(d / "bootstrap.xyz"),
-                val_file,
-                str(d),
-                job,
-                k,
-                seed,
-                str(c) if c else None,
-                size,
-                progress and rank == 0,
-            )
-            for k, (d, seed, c) in enumerate(inputs)
-            if k % ranks == rank
-        ]
+        try:
+            mine = [
+                _train_one(
+                    str(d / "bootstrap.xyz"),
+                    val_file,
+                    str(d),
+                    job,
+                    k,
+                    seed,
+                    str(c) if c else None,
+                    size,
+                    progress and rank == 0,
+                )
+                for k, (d, seed, c) in enumerate(inputs)
+                if k % ranks == rank
+            ]
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            comm.Abort(1)  # the other ranks would wait for this one forever
         gathered = comm.gather(mine, root=0)
         if rank != 0:
             comm.Barrier()
@@ -250,8 +256,10 @@ def _train_with_parsl(inputs, val_file, job, size, parsl_config, on_member) -> l
 
 def calibrate(folder: str | Path, val: Sequence[Atoms]):
     """Fit the spread-to-error map of the ensemble in ``folder`` on ``val`` and plot it
-    (``calibration.png``)."""
+    (``calibration.png``). A single model gets the identity map."""
     ensemble = Ensemble.load(folder)
+    if ensemble.size < 2:  # one model has no spread to calibrate
+        return Calibration()
     pred = ensemble.predict(val)
     spread = [pred.force_std(i) for i in range(len(val))]
     errors = [pred.force_mean(i) - a.get_forces() for i, a in enumerate(val)]

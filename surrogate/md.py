@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from ase import Atoms, units
+from ase.constraints import FixCom
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
+from ase.parallel import DummyMPI
 
 from sapis.config import ExploreConfig
 from sapis.errors import InputError
@@ -20,6 +22,8 @@ from sapis.structures import structure_hash
 from sapis.surrogate.calculator import EnsembleCalculator
 from sapis.surrogate.ensemble import Ensemble
 from sapis.validity import bond_graph, invalid_reason
+
+SOLO = DummyMPI()
 
 
 @dataclass
@@ -94,16 +98,19 @@ def explore(
             atoms.calc = EnsembleCalculator(ensemble)
             parent = seeds[i].info.get("hash") or structure_hash(seeds[i])
             bonds = bond_graph(seeds[i]) if settings.check_bonds else None
-            MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+            thermalize_momenta(atoms, temperature, comm=SOLO, rng=rng)
             Stationary(atoms)
             ZeroRotation(atoms)
+            atoms.set_constraint(FixCom())
             dyn = Langevin(
                 atoms,
                 settings.timestep * units.fs,
                 temperature_K=temperature,
                 friction=settings.friction / units.fs,
+                fixcm=False,
                 rng=rng,
             )
+            dyn.comm = SOLO  # one process owns each trajectory, even under mpiexec
             stopped_by, step, frames = "completed", 0, 0
             while step < settings.steps:
                 dyn.run(1)

@@ -222,8 +222,8 @@ def train_member(
     lightning.seed_everything(seed, workers=True, verbose=False)
     set_global_state(allow_tf32=False)
 
-    ase.io.write(folder / "train.xyz", list(train), format="extxyz")
-    ase.io.write(folder / "val.xyz", list(val), format="extxyz")
+    ase.io.write(folder / "train.xyz", list(train), format="extxyz", parallel=False)
+    ase.io.write(folder / "val.xyz", list(val), format="extxyz", parallel=False)
     type_names = type_names_of(train)
     data_cfg = _datamodule_config(folder, training, type_names)
     if parent is not None:

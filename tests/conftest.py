@@ -73,3 +73,45 @@ def slurm_cluster(tmp_path_factory):
         pytest.skip(f"Slurm not available: {err}")
     yield cluster
     cluster.stop()
+
+
+# --- surrogate: rMD17 frames and ensembles trained once per session --------------------
+
+
+@pytest.fixture(scope="session")
+def malonaldehyde():
+    """rMD17 malonaldehyde: (train split frames, test split frames), energies in eV."""
+    from sapis.io import read_rmd17
+
+    return (
+        read_rmd17(DATA / "rmd17_malonaldehyde_train_01.npz"),
+        read_rmd17(DATA / "rmd17_malonaldehyde_test_01.npz"),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_ensemble(tmp_path_factory, malonaldehyde):
+    """Two float64 members of the smallest size after two epochs on 10 frames: enough for
+    symmetry, batching, export and MD plumbing (any weights must be equivariant)."""
+    from sapis.config import TrainingConfig
+    from sapis.surrogate.ensemble_training import train_ensemble
+
+    train, _ = malonaldehyde
+    folder = tmp_path_factory.mktemp("tiny") / "ensemble"
+    training = TrainingConfig(size="xs", members=2, dtype="float64", max_epochs=2)
+    train_ensemble(train[:10], train[500:505], folder, training, progress=False)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def trained_ensemble(tmp_path_factory, malonaldehyde):
+    """Three members of the smallest size, each trained for a minute on its bootstrap of 100
+    frames, early-stopped on 30 others: the accuracy and uncertainty tests share it."""
+    from sapis.config import TrainingConfig
+    from sapis.surrogate.ensemble_training import train_ensemble
+
+    train, _ = malonaldehyde
+    folder = tmp_path_factory.mktemp("trained") / "ensemble"
+    training = TrainingConfig(size="xs", members=3, max_minutes=1.0)
+    manifest = train_ensemble(train[:100], train[500:530], folder, training, progress=False)
+    return folder, manifest

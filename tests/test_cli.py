@@ -223,3 +223,71 @@ def test_pending_rows_stored_earlier_are_checked_before_any_dft(tmp_path):
     assert result.exit_code == 2 and "row 1" in result.output and "cannot fit" in result.output
     store = DatasetStore(db)
     assert store.count(status="labelled") == 0 and store.count(status="pending") == 2
+
+
+# --- sapis train / sapis predict -------------------------------------------------------
+
+
+@pytest.fixture
+def rmd17_store(tmp_path):
+    from sapis.io import read_rmd17
+
+    frames = read_rmd17(DATA / "rmd17_malonaldehyde_train_01.npz")
+    db = str(tmp_path / "md.db")
+    store = DatasetStore(db)
+    store.add(frames[:8], split="train", level="PBE/def2-svp")
+    store.add(frames[500:503], split="val", level="PBE/def2-svp")
+    return db
+
+
+def test_train_and_predict_from_the_command_line(rmd17_store, tmp_path):
+    config = config_file(tmp_path)
+    text = config.read_text() + "training: {size: xs, members: 2, max_epochs: 2}\n"
+    config.write_text(text)
+    out = tmp_path / "ens"
+    result = runner.invoke(
+        app, ["train", "--db", rmd17_store, "--out", str(out), "-c", str(config)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "2 × xs" in result.output and "calibration on 3 val structures" in result.output
+    assert (out / "member-1" / "model.nequip.zip").is_file()
+    ase.io.write(tmp_path / "in.xyz", DatasetStore(rmd17_store).labelled("val"))
+    result = runner.invoke(
+        app, ["predict", str(out), str(tmp_path / "in.xyz"), str(tmp_path / "out.extxyz")]
+    )
+    assert result.exit_code == 0, result.output
+    back = ase.io.read(tmp_path / "out.extxyz", ":")
+    assert len(back) == 3
+    assert back[0].info["max_force_dev"] > 0 and "max_force_dev_calibrated" in back[0].info
+    assert back[0].arrays["force_std"].shape == (9,)
+    assert back[0].get_forces().shape == (9, 3)
+
+    again = runner.invoke(app, ["train", "--db", rmd17_store, "--out", str(out)])
+    assert again.exit_code == 2 and "already holds an ensemble" in again.output
+
+
+def test_train_refuses_bad_input_before_training(rmd17_store, tmp_path):
+    empty = str(tmp_path / "empty.db")
+    DatasetStore(empty)
+    out = tmp_path / "ens"
+    result = runner.invoke(app, ["train", "--db", empty, "--out", str(out)])
+    assert result.exit_code == 2 and "at least 2 labelled training" in result.output
+    result = runner.invoke(app, ["train", "--db", rmd17_store, "--out", str(out), "--size", "xxl"])
+    assert result.exit_code == 2 and "unknown model size 'xxl'" in result.output
+    extra = molecule("CH3CHO")
+    extra.calc = None
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    extra.calc = SinglePointCalculator(extra, energy=-1.0, forces=np.zeros((7, 3)))
+    DatasetStore(rmd17_store).add([extra], split="train", level="PBE/sto-3g")
+    result = runner.invoke(app, ["train", "--db", rmd17_store, "--out", str(out)])
+    assert result.exit_code == 2 and "mixes levels of theory" in result.output
+    assert not out.exists()
+
+
+def test_predict_refuses_a_folder_without_an_ensemble(tmp_path):
+    ase.io.write(tmp_path / "in.xyz", molecule("H2O"))
+    result = runner.invoke(
+        app, ["predict", str(tmp_path), str(tmp_path / "in.xyz"), str(tmp_path / "out.xyz")]
+    )
+    assert result.exit_code == 2 and "not an ensemble folder" in result.output
