@@ -14,11 +14,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Until the campaign flow lands, the main job is labelling the example molecules.
+RMD17 := ../shared/data/rmd17
+# Until the campaign flow lands, the main job is labelling the example molecules and
+# training a small surrogate ensemble on rMD17 malonaldehyde.
 demo: $(STAMP)
 	$(VENV)/bin/sapis label examples/small_molecules.xyz --config examples/label.yaml
 	$(VENV)/bin/sapis db stats --db runs/example/data.db --plot runs/example/stats.png
 	$(VENV)/bin/sapis db export --db runs/example/data.db runs/example/labelled.extxyz
+	rm -rf runs/surrogate
+	$(VENV)/bin/sapis db import $(RMD17)/rmd17_malonaldehyde_train_01.npz --db runs/surrogate/md.db
+	$(VENV)/bin/sapis train --db runs/surrogate/md.db --out runs/surrogate/ensemble --size xs --members 2 --max-minutes 1
+	$(VENV)/bin/sapis predict runs/surrogate/ensemble $(RMD17)/rmd17_malonaldehyde_test_01.npz runs/surrogate/test_predicted.extxyz
 
 services:
 	bash tests/services/install.sh
@@ -34,6 +40,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/label_throughput.py
+	$(PY) bench/ensemble_inference.py
+	$(PY) bench/md_speed.py
+	$(PY) bench/learning_curve.py
 
 clean:
 	rm -rf $(VENV) runs runinfo .pytest_cache

@@ -80,7 +80,7 @@ def test_predictions_are_equivariant_in_float64(tiny_ensemble, malonaldehyde):
 
 def test_batched_prediction_equals_one_by_one(tiny_ensemble, malonaldehyde):
     ensemble = Ensemble.load(tiny_ensemble)
-    images = malonaldehyde[1][:7] + [molecule("H2O")[[0, 1]] + molecule("CH4")[[0]]]
+    images = [*malonaldehyde[1][:7], molecule("H2O")[[0, 1]] + molecule("CH4")[[0]]]
     images[-1].positions[2] += [3.0, 0, 0]
     batched = ensemble.predict(images, batch_size=4)
     for i, atoms in enumerate(images):
