@@ -258,8 +258,78 @@ class ExploreConfig(Strict):
         return temps
 
 
+class SelectionConfig(Strict):
+    """Which explored frames are labelled each round.
+
+    The trust window on the calibrated max force deviation (eV/Å): below ``lo`` a frame
+    counts as accurate, above ``hi`` as failed (unphysical or hopeless), in between as a
+    candidate. ``labels_per_round`` caps each round's DFT labels. ``policy``
+    ``uncertainty`` takes a diverse set of candidates (farthest-point sampling from the
+    most uncertain); ``random`` draws uniformly from all explored frames (control arm).
+    """
+
+    policy: Literal["uncertainty", "random"] = "uncertainty"
+    lo: float = Field(0.05, ge=0.0)
+    hi: float = Field(0.5, gt=0.0)
+    labels_per_round: int = Field(20, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _window(self) -> "SelectionConfig":
+        if self.lo >= self.hi:
+            raise ValueError(f"trust window needs lo < hi, got lo={self.lo}, hi={self.hi}")
+        return self
+
+
+class StopConfig(Strict):
+    """When a campaign ends: whichever rule holds first.
+
+    ``force_mae`` (eV/Å): the ensemble's force MAE on the test split at or below it;
+    ``accurate_fraction``: at least this share of explored frames accurate for
+    ``accurate_rounds`` rounds in a row; ``max_labels``: labels in the store (all
+    rounds); ``max_rounds``: refinement rounds after pretraining; ``wall_hours``: time
+    since the campaign started.
+    """
+
+    force_mae: float | None = Field(None, gt=0.0)
+    accurate_fraction: float = Field(0.95, gt=0.0, le=1.0)
+    accurate_rounds: int = Field(2, ge=1)
+    max_labels: int | None = Field(None, ge=1)
+    max_rounds: int = Field(5, ge=0)
+    wall_hours: float | None = Field(None, gt=0.0)
+
+
+class PretrainConfig(Strict):
+    """The first dataset: an imported labelled file (any ASE format or rMD17 ``.npz``,
+    labels taken as they are, split by hash) and/or ``displaced`` copies of each seed
+    structure with Gaussian displacements of ``rattle`` Å per component, labelled by DFT.
+    """
+
+    labelled: Path | None = None
+    labelled_level: str | None = None
+    displaced: int = Field(20, ge=0)
+    rattle: float = Field(0.05, gt=0.0, le=0.5)
+    seed: int = 0
+
+
+class ApprovalConfig(Strict):
+    """Pause a round for approval in the Prefect UI before labelling when its estimated
+    DFT cost (selected labels × mean label seconds so far × ``dft.threads``) exceeds
+    ``max_core_seconds``; the pause fails the run after ``timeout_hours``."""
+
+    max_core_seconds: float | None = Field(None, gt=0.0)
+    timeout_hours: float = Field(24.0, gt=0.0)
+
+
 class CampaignConfig(Strict):
-    """A whole campaign file."""
+    """A whole campaign file.
+
+    ``folder`` holds the campaign's rounds, models and report (default: beside a SQLite
+    database, else ``./campaign``). ``oracle`` is a labelled file whose labels replace
+    DFT and whose structures replace exploration (for comparing strategies at no DFT
+    cost); ``test_file`` a labelled file the errors are measured on instead of the
+    store's test split.
+    """
 
     system: SystemConfig = Field(default_factory=SystemConfig)
     dft: DFTSettings = Field(default_factory=DFTSettings)
@@ -268,6 +338,13 @@ class CampaignConfig(Strict):
     explore: ExploreConfig = Field(default_factory=ExploreConfig)
     database: str
     split: SplitConfig = Field(default_factory=SplitConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    stop: StopConfig = Field(default_factory=StopConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    approval: ApprovalConfig = Field(default_factory=ApprovalConfig)
+    folder: Path | None = None
+    oracle: Path | None = None
+    test_file: Path | None = None
 
 
 def is_url(database: str) -> bool:
@@ -306,6 +383,18 @@ def parse_config(data: dict, base: Path = Path("."), source: str = "config") -> 
         config.database = str(base / config.database)
     if config.executor.run_dir is not None and not config.executor.run_dir.is_absolute():
         config.executor.run_dir = base / config.executor.run_dir
+    for owner, name in (
+        (config, "folder"),
+        (config, "oracle"),
+        (config, "test_file"),
+        (config.pretrain, "labelled"),
+    ):
+        value = getattr(owner, name)
+        if value is not None and not value.is_absolute():
+            setattr(owner, name, base / value)
+    if config.folder is None:
+        db = Path(config.database)
+        config.folder = base / "campaign" if is_url(config.database) else db.parent
     return config
 
 

@@ -1,0 +1,94 @@
+"""What each round of a campaign did (``round-NNN/round.json``), and the stop rules
+that read those records."""
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sapis.config import StopConfig
+
+NAN = float("nan")
+
+
+@dataclass
+class RoundRecord:
+    """One finished round (0 is pretraining).
+
+    Errors are the ensemble's after the round's training, on the test split: force MAE
+    in eV/Å, energy MAE in eV. ``accurate``/``candidate``/``failed`` count explored
+    frames by the trust window, ``by_source`` the same per exploration source with the
+    selected ones; ``labels`` is the labelled rows in the store after the round,
+    ``dft_seconds`` the DFT time this round paid, ``seconds`` the wall time per stage.
+    """
+
+    round: int
+    labels: int = 0
+    new_labels: int = 0
+    failed_labels: int = 0
+    explored: int = 0
+    accurate: int = 0
+    candidate: int = 0
+    failed: int = 0
+    selected: int = 0
+    duplicates: int = 0
+    by_source: dict[str, dict[str, int]] = field(default_factory=dict)
+    max_force_dev_median: float = NAN  # eV/Å, calibrated, over explored frames
+    max_force_dev_p95: float = NAN
+    test_force_mae: float = NAN
+    test_energy_mae: float = NAN
+    val_force_mae: float = NAN
+    n_test: int = 0
+    size: str = ""
+    parameters: int = 0
+    policy: str = ""
+    dft_seconds: float = 0.0
+    seconds: dict[str, float] = field(default_factory=dict)
+    stop_reason: str | None = None
+
+    @property
+    def accurate_fraction(self) -> float:
+        return self.accurate / self.explored if self.explored else NAN
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically: a reader (or a resumed run) never sees half a record."""
+        path = Path(path)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=1))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RoundRecord":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def stop_reason(rounds: Sequence[RoundRecord], rules: StopConfig, hours: float = 0.0) -> str | None:
+    """Why the campaign should stop after ``rounds``, or None to go on.
+
+    ``hours`` is the wall time since the campaign started.
+    """
+    if not rounds:
+        return None
+    last = rounds[-1]
+    if rules.force_mae is not None and last.test_force_mae <= rules.force_mae:
+        return (
+            f"test force MAE {1000 * last.test_force_mae:.1f} meV/Å reached the target "
+            f"{1000 * rules.force_mae:.1f} meV/Å"
+        )
+    streak = rounds[-rules.accurate_rounds :]
+    if len(streak) == rules.accurate_rounds and all(
+        not math.isnan(r.accurate_fraction) and r.accurate_fraction >= rules.accurate_fraction
+        for r in streak
+    ):
+        return (
+            f"{100 * rules.accurate_fraction:.0f} % or more of explored frames accurate for "
+            f"{rules.accurate_rounds} round(s) in a row"
+        )
+    if rules.max_labels is not None and last.labels >= rules.max_labels:
+        return f"label budget spent ({last.labels} of {rules.max_labels})"
+    if last.round >= rules.max_rounds:
+        return f"round cap reached ({rules.max_rounds} refinement rounds)"
+    if rules.wall_hours is not None and hours >= rules.wall_hours:
+        return f"wall-time budget spent ({hours:.2f} of {rules.wall_hours:g} h)"
+    return None
