@@ -14,17 +14,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-RMD17 := ../shared/data/rmd17
-# Until the campaign flow lands, the main job is labelling the example molecules and
-# training a small surrogate ensemble on rMD17 malonaldehyde.
+# The main job: a whole active-learning campaign on ethanol (PBE/STO-3G, local Parsl
+# workers, SQLite, a temporary Prefect server), about 10 minutes on 2 cores.
 demo: $(STAMP)
-	$(VENV)/bin/sapis label examples/small_molecules.xyz --config examples/label.yaml
-	$(VENV)/bin/sapis db stats --db runs/example/data.db --plot runs/example/stats.png
-	$(VENV)/bin/sapis db export --db runs/example/data.db runs/example/labelled.extxyz
-	rm -rf runs/surrogate
-	$(VENV)/bin/sapis db import $(RMD17)/rmd17_malonaldehyde_train_01.npz --db runs/surrogate/md.db
-	$(VENV)/bin/sapis train --db runs/surrogate/md.db --out runs/surrogate/ensemble --size xs --members 2 --max-minutes 1
-	$(VENV)/bin/sapis predict runs/surrogate/ensemble $(RMD17)/rmd17_malonaldehyde_test_01.npz runs/surrogate/test_predicted.extxyz
+	rm -rf runs/demo
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/sapis campaign examples/campaign_demo.yaml
 
 services:
 	bash tests/services/install.sh
@@ -43,6 +37,7 @@ bench: $(STAMP)
 	$(PY) bench/ensemble_inference.py
 	$(PY) bench/md_speed.py
 	$(PY) bench/learning_curve.py
+	$(PY) bench/label_efficiency.py
 
 clean:
 	rm -rf $(VENV) runs runinfo .pytest_cache

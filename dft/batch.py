@@ -7,9 +7,11 @@ every rung are stored as ``failed`` with the reason; an app that dies for anothe
 for the next run and is reported.
 """
 
+import contextlib
+import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +44,24 @@ class BatchSummary:
     label_seconds: float = 0.0
 
 
+@contextlib.contextmanager
+def parsl_session(
+    executor: ExecutorConfig, threads: int, run_dir: str | Path
+) -> Iterator[DataFlowKernel]:
+    """A private Parsl DataFlowKernel for many batches (a whole flow run), cleaned up on
+    exit: workers start once instead of once per batch."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # Parsl logs everything at DEBUG into run_dir/parsl.log; keep it out of the console
+    # handlers of whoever configured the root logger (Prefect does)
+    logging.getLogger("parsl").propagate = False
+    dfk = DataFlowKernel(parsl_config(executor, threads, run_dir))
+    try:
+        yield dfk
+    finally:
+        dfk.cleanup()
+
+
 def label_pending(
     store: DatasetStore,
     settings: DFTSettings,
@@ -50,12 +70,15 @@ def label_pending(
     multiplicity: int = 1,
     run_dir: str | Path | None = None,
     on_result: Callable[[int, LabelResult | None], None] | None = None,
+    dfk: DataFlowKernel | None = None,
 ) -> BatchSummary:
     """Label the pending rows of ``store`` on ``executor``; returns a :class:`BatchSummary`.
 
     ``on_result(row_id, result)`` is called after each row is written (``result`` None
     when the app itself failed), e.g. to advance a progress bar. Every pending structure
-    is checked (:func:`~sapis.dft.checks.check_for_dft`) before any DFT starts.
+    is checked (:func:`~sapis.dft.checks.check_for_dft`) before any DFT starts. With
+    ``dfk`` (from :func:`parsl_session`) the labels run there; otherwise a DataFlowKernel
+    is started for this batch and cleaned up after it.
     """
     start = time.monotonic()
     summary = BatchSummary(run=uuid.uuid4().hex[:12])
@@ -64,30 +87,32 @@ def label_pending(
         return summary
     for row_id, atoms in todo:  # rows stored earlier, by other commands, are checked too
         check_for_dft(atoms, charge, multiplicity, settings.basis, f"{store.url} row {row_id}")
-    run_dir = Path(run_dir or "runinfo")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dfk = DataFlowKernel(parsl_config(executor, settings.threads, run_dir))
-    try:
-        app = python_app(_label, data_flow_kernel=dfk)
-        futures = {app(atoms, settings, charge, multiplicity): rid for rid, atoms in todo}
-        summary.submitted = len(futures)
-        for future in as_completed(futures):
-            rid = futures[future]
-            try:
-                result = future.result()
-            except Exception as err:
-                summary.errors[rid] = f"{type(err).__name__}: {err}"
-                result = None
-            else:
-                store.record(rid, result, summary.run)
-                summary.label_seconds += result.seconds
-                if result.converged:
-                    summary.labelled += 1
-                else:
-                    summary.failed += 1
-            if on_result is not None:
-                on_result(rid, result)
-    finally:
-        dfk.cleanup()
-        summary.seconds = time.monotonic() - start
+    with contextlib.ExitStack() as stack:
+        if dfk is None:
+            session = parsl_session(executor, settings.threads, run_dir or "runinfo")
+            dfk = stack.enter_context(session)
+        _run(store, todo, dfk, settings, charge, multiplicity, summary, on_result)
+    summary.seconds = time.monotonic() - start
     return summary
+
+
+def _run(store, todo, dfk, settings, charge, multiplicity, summary, on_result) -> None:
+    app = python_app(_label, data_flow_kernel=dfk)
+    futures = {app(atoms, settings, charge, multiplicity): rid for rid, atoms in todo}
+    summary.submitted = len(futures)
+    for future in as_completed(futures):
+        rid = futures[future]
+        try:
+            result = future.result()
+        except Exception as err:
+            summary.errors[rid] = f"{type(err).__name__}: {err}"
+            result = None
+        else:
+            store.record(rid, result, summary.run)
+            summary.label_seconds += result.seconds
+            if result.converged:
+                summary.labelled += 1
+            else:
+                summary.failed += 1
+        if on_result is not None:
+            on_result(rid, result)

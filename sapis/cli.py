@@ -426,3 +426,181 @@ def predict(
         f"{len(images)} structures → {out}; calibrated max force deviation median "
         f"{np.median(dev):.3f}, max {dev.max():.3f} eV/Å"
     )
+
+
+# --- campaigns (Prefect flows) ------------------------------------------------------------
+
+
+def _prefect_environment() -> None:
+    """Offline defaults for Prefect: no analytics; a temporary local server (SQLite)
+    unless PREFECT_API_URL names one."""
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _ui_hint() -> str:
+    import os
+
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        return f"Prefect UI: {url.removesuffix('/api')} (flow runs, artifacts)"
+    return (
+        "Prefect UI: this run used a temporary server; to watch runs live, start "
+        "`prefect server start` and export PREFECT_API_URL=http://127.0.0.1:4200/api first"
+    )
+
+
+_SHORT = {
+    "round": "round",
+    "labels": "labels",
+    "new labels": "new",
+    "failed labels": "failed",
+    "explored": "explored",
+    "accurate %": "acc %",
+    "candidate %": "cand %",
+    "failed %": "fail %",
+    "selected": "selected",
+    "max dev median (eV/Å)": "dev med",
+    "max dev p95 (eV/Å)": "dev p95",
+    "test force MAE (meV/Å)": "F MAE meV/Å",
+    "test energy MAE (meV)": "E MAE meV",
+    "model size": "size",
+    "DFT s": "DFT s",
+}
+
+
+def _print_rounds(folder) -> None:
+    """The round table in the terminal (short headers; the stop reason below it)."""
+    from sapis.campaign_report import round_table
+
+    records = folder.records()
+    if not records:
+        console.print(f"{folder.root}: no round finished yet")
+        return
+    table = Table(title=f"{folder.root}")
+    for short in _SHORT.values():
+        table.add_column(short, justify="right")
+    for row in round_table(records):
+        table.add_row(*(str(row[c]) for c in _SHORT))
+    console.print(table, width=max(console.width, 140))  # whole headers in a log file too
+    if records[-1].stop_reason:
+        console.print(f"stop rule met after round {records[-1].round}: {records[-1].stop_reason}")
+
+
+@app.command()
+def campaign(
+    config: Annotated[Path, typer.Argument(help="Campaign YAML (or a campaign folder).")],
+    max_rounds: Annotated[int | None, typer.Option(help="Override stop.max_rounds.")] = None,
+    policy: Annotated[
+        str | None, typer.Option(help="Override selection.policy: uncertainty | random.")
+    ] = None,
+) -> None:
+    """Run a whole active-learning campaign as a Prefect flow: pretrain, then rounds until
+    a stop rule holds. Rerun the same command to resume a killed campaign."""
+    from sapis.campaign import start_folder
+
+    overrides: dict = {}
+    if max_rounds is not None:
+        overrides["stop"] = {"max_rounds": max_rounds}
+    if policy is not None:
+        overrides["selection"] = {"policy": policy}
+    try:
+        _, folder = start_folder(config, overrides)  # every check before Prefect starts
+    except InputError as err:
+        raise _fail(err) from None
+    _prefect_environment()
+    from sapis.flows.campaign import campaign as campaign_flow
+    from sapis.flows.parameters import CampaignParameters
+
+    params = {"config": str(config.resolve())}
+    if max_rounds is not None:
+        params["max_rounds"] = max_rounds
+    if policy is not None:
+        params["policy"] = policy
+    result = campaign_flow(CampaignParameters(**params))
+    _print_rounds(folder)
+    console.print(
+        f"stopped: {result['stop_reason']}\n"
+        f"final test errors: forces {1000 * result['test_force_mae']:.1f} meV/Å, energies "
+        f"{1000 * result['test_energy_mae']:.1f} meV ({result['labels']} labels)\n"
+        f"report: {result['report']}\n{_ui_hint()}",
+        highlight=False,
+    )
+
+
+@app.command("round")
+def refinement_round(
+    folder: Annotated[Path, typer.Argument(help="Campaign folder.")],
+    labels: Annotated[int | None, typer.Option(help="DFT labels this round.")] = None,
+    temperature: Annotated[
+        list[float] | None, typer.Option(help="MD temperature in K (repeat for several).")
+    ] = None,
+) -> None:
+    """Run one more refinement round of a campaign now, e.g. `--labels 50 --temperature 600`."""
+    from sapis.campaign import CampaignFolder
+
+    try:
+        cf = CampaignFolder(folder)
+        cf.config()
+        if cf.next_round() == 0:
+            raise InputError(f"{folder}: not pretrained yet; run `sapis campaign` first")
+        if labels is not None and labels < 0:
+            raise InputError(f"--labels must be >= 0, got {labels}")
+        if temperature and any(t <= 0 for t in temperature):
+            raise InputError(f"--temperature must be positive kelvin, got {temperature}")
+    except InputError as err:
+        raise _fail(err) from None
+    _prefect_environment()
+    from sapis.flows.campaign import refinement_round as round_flow
+    from sapis.flows.parameters import RoundOverrides, RoundParameters
+
+    record = round_flow(
+        RoundParameters(
+            folder=str(cf.root), round=RoundOverrides(labels=labels, temperatures=temperature)
+        )
+    )
+    _print_rounds(cf)
+    console.print(f"round {record.round} done; report: {cf.root / 'report.md'}")
+
+
+@app.command()
+def status(folder: Annotated[Path, typer.Argument(help="Campaign folder.")]) -> None:
+    """Print a campaign's round table (labels, errors, accurate/candidate/failed ratios)."""
+    from sapis.campaign import CampaignFolder
+
+    cf = CampaignFolder(folder)
+    try:
+        cf.config()
+    except InputError as err:
+        raise _fail(err) from None
+    _print_rounds(cf)
+    report = cf.root / "report.md"
+    if report.is_file():
+        console.print(f"report: {report}")
+
+
+@app.command()
+def serve(
+    config: Annotated[Path, typer.Argument(help="Campaign YAML (or a campaign folder).")],
+    cron: Annotated[
+        str | None,
+        typer.Option(help="Schedule of the refinement round, e.g. '0 2 * * *' (nightly)."),
+    ] = None,
+) -> None:
+    """Serve the `campaign` and `refinement-round` deployments from this process (no work
+    pool needed): trigger them from the Prefect UI; with --cron the round runs on that
+    schedule."""
+    from sapis.campaign import start_folder
+
+    try:
+        _, folder = start_folder(config)
+    except InputError as err:
+        raise _fail(err) from None
+    _prefect_environment()
+    from prefect import serve as prefect_serve
+
+    from sapis.flows.deployments import served_deployments
+
+    console.print(f"serving {folder.root.name}-campaign and {folder.root.name}-round; {_ui_hint()}")
+    prefect_serve(*served_deployments(folder, cron))

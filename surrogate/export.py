@@ -17,7 +17,14 @@ from sapis.surrogate.ensemble import MANIFEST, write_manifest
 
 def package_members(folder: str | Path) -> list[Path]:
     """Write ``member-k/model.nequip.zip`` for every member; record them in the manifest."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     from nequip.scripts.package import main as nequip_package
+
+    # importing nequip's packager configures the root logger (hydra: INFO to stdout),
+    # which would echo every library's INFO records: put it back as it was
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
     folder = Path(folder).resolve()
     manifest_path = folder / MANIFEST

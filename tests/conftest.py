@@ -2,6 +2,7 @@
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,11 @@ from ase.build import molecule
 sys.path.insert(0, str(Path(__file__).parent / "services"))
 
 from sapis.config import DFTSettings
+
+# Prefect: a home of this test session's own (its database, its profile), no analytics.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="sapis-prefect-")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.pop("PREFECT_API_URL", None)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "rmd17"
