@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sapis.campaign_report import markdown_table
 from sapis.config import TrainingConfig
 from sapis.io import read_rmd17
 from sapis.surrogate.ensemble import Ensemble
@@ -103,10 +104,8 @@ def write_table(results: Path) -> None:
         "structures per model call). Sequential: one nequip `NequIPCalculator` per member, "
         "one ASE call per structure. Goal: speed-up ≥ 3.",
         "",
-        "| " + " | ".join(c.replace("|", "\\|") for c in COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
     ]
-    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
+    lines += markdown_table(rows, COLUMNS)
     (results / "ensemble_inference.md").write_text("\n".join(lines) + "\n")
 
 

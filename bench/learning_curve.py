@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sapis.campaign_report import markdown_table
 from sapis.config import TrainingConfig
 from sapis.io import read_rmd17
 from sapis.surrogate.ensemble import Ensemble
@@ -80,10 +81,8 @@ def write_outputs(results: Path) -> None:
         "frames, scored on the test split. Anchors after long GPU training with 50 "
         "frames: NequIP ≈ 52, MACE ≈ 43 meV/Å.",
         "",
-        "| " + " | ".join(cols) + " |",
-        "|" + "---|" * len(cols),
     ]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    lines += markdown_table(rows, cols)
     (results / "learning_curve.md").write_text("\n".join(lines) + "\n")
 
     import matplotlib

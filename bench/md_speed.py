@@ -20,6 +20,7 @@ from ase import units
 from ase.md.langevin import Langevin
 from ensemble_inference import nequip_calculators
 
+from sapis.campaign_report import markdown_table
 from sapis.config import ExploreConfig, TrainingConfig
 from sapis.io import read_rmd17
 from sapis.surrogate.ensemble import Ensemble
@@ -101,10 +102,8 @@ def main() -> None:
         "member through nequip's `NequIPCalculator`, plain ASE Langevin. ratio = K=1 "
         "rate / K=4 rate (4 would mean no saving from sharing the graph).",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
     ]
-    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
+    lines += markdown_table(rows, COLUMNS)
     (results / "md_speed.md").write_text("\n".join(lines) + "\n")
 
 

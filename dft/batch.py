@@ -10,7 +10,6 @@ for the next run and is reported.
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import as_completed
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from sapis.config import DFTSettings, ExecutorConfig
 from sapis.dft.checks import check_for_dft
 from sapis.dft.executors import parsl_config
 from sapis.dft.labeller import LabelResult, label
-from sapis.store import DatasetStore
+from sapis.store import DatasetStore, new_run_id
 
 
 def _label(atoms: Atoms, settings: DFTSettings, charge: int, multiplicity: int) -> LabelResult:
@@ -81,7 +80,7 @@ def label_pending(
     is started for this batch and cleaned up after it.
     """
     start = time.monotonic()
-    summary = BatchSummary(run=uuid.uuid4().hex[:12])
+    summary = BatchSummary(run=new_run_id())
     todo = store.pending()
     if not todo:
         return summary

@@ -38,9 +38,10 @@ class ReferenceOracle:
                 f"{self.path}: reference structure {unlabelled[0]} carries no energy and forces"
             )
         self.level = level or self.level_for(self.path)
+        self.hashes = [structure_hash(atoms) for atoms in self.pool]
         self.index: dict[str, int] = {}
-        for i, atoms in enumerate(self.pool):
-            self.index.setdefault(structure_hash(atoms), i)
+        for i, h in enumerate(self.hashes):
+            self.index.setdefault(h, i)
 
     @staticmethod
     def level_for(path: str | Path) -> str:

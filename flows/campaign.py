@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger
 
 from sapis import campaign as lib
 from sapis.campaign import CampaignFolder
+from sapis.campaign_scaling import plan_next_round
 from sapis.config import CampaignConfig
 from sapis.flows.monitoring import approval_gate, publish_round, write_report
 from sapis.flows.parameters import CampaignParameters, RoundOverrides, RoundParameters
@@ -59,6 +60,10 @@ def _finish(
     record.test_force_mae = evaluation["force_mae"]
     record.test_energy_mae = evaluation["energy_mae"]
     record.n_test = evaluation["n"]
+    if config.scaling.enabled:
+        with timed(record.seconds, "scaling"):
+            record.decision = stages.scaling(config, folder, record.round, record.size)
+        print(f"round {record.round}: scaling: {record.decision['reason']}")
     record.stop_reason = stop_reason([*folder.records(), record], config.stop, folder.hours())
     stages.record_round(folder, record)
     publish_round(config, folder)
@@ -90,17 +95,22 @@ def pretrain(folder: str) -> RoundRecord:
 def run_round(
     config: CampaignConfig, folder: CampaignFolder, overrides: RoundOverrides
 ) -> RoundRecord:
-    """One refinement round: explore, select, (approve,) label, fine-tune, evaluate."""
+    """One refinement round: explore, select, (approve,) label, fine-tune, evaluate, and
+    (with ``scaling.enabled``) decide by the scaling laws what the next round buys. The
+    label budget and model size follow the previous round's decision."""
     r = folder.next_round()
     if r == 0:
         raise ValueError(f"{folder.root}: pretrain the campaign before a refinement round")
     parent = folder.ensemble_dir(r - 1)
+    labels, size = plan_next_round(config, folder.records())
+    if overrides.labels is not None:
+        labels = overrides.labels
     record = RoundRecord(round=r, policy=config.selection.policy)
     with timed(record.seconds, "explore"):
         explored, info = stages.explore(config, folder, parent, r, overrides.temperatures)
     print(f"round {r}: explored {info}")
     with timed(record.seconds, "select"):
-        sel = stages.select(config, folder, explored, r, overrides.labels)
+        sel = stages.select(config, folder, explored, r, labels)
     record.explored, record.accurate = sel.explored, sel.accurate
     record.candidate, record.failed = sel.candidate, sel.failed
     record.selected, record.duplicates = len(sel.chosen), sel.duplicates
@@ -114,7 +124,7 @@ def run_round(
     with timed(record.seconds, "label"):
         stages.label_batch(config, r)
     with timed(record.seconds, "train"):
-        ensemble = stages.train_ensemble(config, folder, r, parent)
+        ensemble = stages.train_ensemble(config, folder, r, parent, size)
     with timed(record.seconds, "evaluate"):
         evaluation = stages.evaluate(config, folder, ensemble, r)
     return _finish(config, folder, record, ensemble, evaluation)

@@ -28,6 +28,8 @@ def _plots(config: CampaignConfig, folder: CampaignFolder, rounds) -> dict:
         window=(config.selection.lo, config.selection.hi),
     )
     last = rounds[-1].round
+    if (folder.root / "plots" / "scaling.png").is_file():
+        plots["scaling"] = folder.root / "plots" / "scaling.png"
     for name, source in (
         ("parity", folder.round_dir(last) / "parity.png"),
         ("calibration", folder.ensemble_dir(last) / "calibration.png"),

@@ -15,9 +15,10 @@ as they finish and the store never holds a structure twice, so no label is lost 
 for twice.
 """
 
+import json
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import ase.io
@@ -30,7 +31,7 @@ from sapis.errors import InputError
 from sapis.io import read_structures
 from sapis.rounds import RoundRecord
 from sapis.selection import Selection, select
-from sapis.store import DatasetStore
+from sapis.store import DatasetStore, new_run_id
 
 CONFIG_NAME = "campaign.yaml"
 
@@ -52,8 +53,6 @@ class CampaignFolder:
 
     def is_trained(self, r: int) -> bool:
         """Whether round ``r``'s ensemble finished (trained and calibrated)."""
-        import json
-
         manifest = self.ensemble_dir(r) / "ensemble.json"
         return manifest.is_file() and json.loads(manifest.read_text())["calibration"] is not None
 
@@ -210,12 +209,10 @@ def _tag(atoms: Atoms, source: str, r: int) -> Atoms:
 
 def label_with_oracle(store: DatasetStore, oracle_path: Path, on_result=None) -> dict:
     """Label every pending row from the reference file; returns counts and seconds."""
-    import uuid
-
     from sapis.dft.reference import ReferenceOracle
 
     oracle = ReferenceOracle(oracle_path)
-    run = uuid.uuid4().hex[:12]
+    run = new_run_id()
     done = 0
     started = time.monotonic()
     for row_id, atoms in store.pending():
@@ -257,13 +254,22 @@ def train_round(
         return out
     if out.exists():  # a killed training: its members start over
         shutil.rmtree(out)
-    if parent is not None and not store.count(round=r, status="labelled"):
+    parent_size = _ensemble_size(parent) if parent is not None else None
+    if (
+        parent is not None
+        and size in (None, parent_size)
+        and not store.count(round=r, status="labelled")
+    ):
         shutil.copytree(parent, out)  # nothing new to learn from: keep the parent
         return out
     train, val = training_sets(store, level_of(config))
     train_ensemble(train, val, out, config.training, parent=parent, size=size, progress=False)
     package_members(out)
     return out
+
+
+def _ensemble_size(folder: Path) -> str:
+    return json.loads((folder / "ensemble.json").read_text())["size"]
 
 
 def explore_round(
@@ -289,11 +295,13 @@ def explore_round(
     if config.oracle is not None:
         from sapis.dft.reference import ReferenceOracle
 
-        pool = ReferenceOracle(config.oracle).candidates()
+        oracle = ReferenceOracle(config.oracle)
         stored = DatasetStore(config.database).hashes()
-        from sapis.structures import structure_hash
-
-        frames = [_tag(a, "reference", r) for a in pool if structure_hash(a) not in stored]
+        frames = []
+        for atoms, h in zip(oracle.candidates(), oracle.hashes):
+            if h not in stored:
+                atoms.info["hash"] = h
+                frames.append(_tag(atoms, "reference", r))
         ensemble.predict(frames).annotate(frames)
         for a in frames:
             a.calc = None
@@ -423,6 +431,3 @@ def _write_atomically(path: Path, images: list[Atoms]) -> None:
     else:
         tmp.write_text("")
     tmp.replace(path)
-
-
-ProgressHook = Callable[[int, object], None]

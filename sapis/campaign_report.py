@@ -9,7 +9,7 @@ import numpy as np
 
 from sapis.rounds import RoundRecord
 
-STAGES = ("explore", "select", "label", "train", "evaluate")
+STAGES = ("explore", "select", "label", "train", "evaluate", "scaling")
 CLASS_COLOURS = {"accurate": "tab:green", "candidate": "tab:orange", "failed": "tab:red"}
 Row = dict[str, str | int | float]
 
@@ -175,17 +175,28 @@ def round_table(rounds: list[RoundRecord]) -> list[Row]:
     return rows
 
 
-def _markdown_table(rows: list[Row]) -> list[str]:
+def markdown_table(rows: list[dict], columns: list[str] | None = None) -> list[str]:
+    """Lines of a markdown table of ``rows`` (``columns`` default: the first row's keys),
+    with any ``|`` in a header or cell escaped."""
     if not rows:
         return []
-    cols = list(rows[0])
+    cols = columns or list(rows[0])
 
     def cell(v: object) -> str:
         return str(v).replace("|", "\\|")
 
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = ["| " + " | ".join(cell(c) for c in cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(cell(row[c]) for c in cols) + " |" for row in rows]
     return lines
+
+
+def _decision_sentence(decision: dict) -> str:
+    """The scaling decision in one sentence."""
+    action = decision.get("action")
+    if action is None:
+        return f"No decision: {decision['reason']}."
+    what = {"data": "buy more labels", "model": "grow the model", "stop": "stop"}[action]
+    return f"**{what.capitalize()}**: {decision['reason']}."
 
 
 def markdown_report(
@@ -214,14 +225,18 @@ def markdown_report(
             summary += "No test force MAE measured yet."
         if last.stop_reason:
             summary += f" Stopped: {last.stop_reason}."
-        lines += [summary, "", "## Rounds", "", *_markdown_table(round_table(rounds)), ""]
+        lines += [summary, "", "## Rounds", "", *markdown_table(round_table(rounds)), ""]
         if last.by_source:
             cols = ("accurate", "candidate", "failed", "selected")
             rows: list[Row] = [
                 {"source": src, **{c: counts.get(c, 0) for c in cols}}
                 for src, counts in sorted(last.by_source.items())
             ]
-            lines += [f"## Sources in round {last.round}", "", *_markdown_table(rows), ""]
+            lines += [f"## Sources in round {last.round}", "", *markdown_table(rows), ""]
+        if last.decision:
+            lines += [f"## Scaling decision after round {last.round}", ""]
+            lines += [_decision_sentence(last.decision), ""]
+            lines += [f"- {text}" for text in last.decision.get("fits", {}).values()] + [""]
     else:
         lines += ["No rounds finished yet.", ""]
     if plots:

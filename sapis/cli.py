@@ -1,5 +1,6 @@
 """The ``sapis`` command line."""
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -26,7 +27,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Inspect and fill the dataset store.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-console = Console(soft_wrap=True)
+# in a pipe or log file, wide enough that tables keep whole headers (a terminal: its width)
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, soft_wrap=True)
 
 DbOption = Annotated[
@@ -483,7 +485,7 @@ def _print_rounds(folder) -> None:
         table.add_column(short, justify="right")
     for row in round_table(records):
         table.add_row(*(str(row[c]) for c in _SHORT))
-    console.print(table, width=max(console.width, 140))  # whole headers in a log file too
+    console.print(table)
     if records[-1].stop_reason:
         console.print(f"stop rule met after round {records[-1].round}: {records[-1].stop_reason}")
 
@@ -604,3 +606,56 @@ def serve(
 
     console.print(f"serving {folder.root.name}-campaign and {folder.root.name}-round; {_ui_hint()}")
     prefect_serve(*served_deployments(folder, cron))
+
+
+@app.command()
+def scaling(
+    folder: Annotated[Path, typer.Argument(help="Campaign folder.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Plot file (default FOLDER/plots/scaling.png).")
+    ] = None,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for intervals.")] = 200,
+) -> None:
+    """Fit the scaling laws to every training of a campaign and print them with 95 %
+    intervals (validation force MAE against data N, parameters P, compute C, and the joint
+    L(N, P)); write the plot; show the latest decision."""
+    from sapis.campaign import CampaignFolder
+    from sapis.campaign_scaling import scaling_dir
+    from sapis.scaling.fits import PowerLawFit
+    from sapis.scaling.records import fit_points, load_points, plot_fits
+
+    cf = CampaignFolder(folder)
+    try:
+        cf.config()
+    except InputError as err:
+        raise _fail(err) from None
+    points = load_points(scaling_dir(cf))
+    if not points:
+        raise _fail(InputError(f"{folder}: no training recorded for scaling yet"))
+    table = Table(title=f"{len(points)} trainings")
+    for col in ("source", "size", "N", "parameters", "FLOPs", "wall s", "val F MAE meV/Å"):
+        table.add_column(col, justify="right")
+    for p in points:
+        table.add_row(
+            p.source,
+            p.size,
+            str(p.n),
+            f"{p.parameters:,}",
+            f"{p.flops:.2e}",
+            f"{p.wall_seconds:.0f}",
+            f"{1000 * p.val_force_mae:.1f}",
+        )
+    console.print(table)
+    fits = fit_points(points, bootstrap)
+    for form, law in fits.items():
+        if isinstance(law, PowerLawFit):
+            console.print(f"{law.describe()}  (rms log residual {law.rmse_log:.3f})")
+        else:
+            console.print(f"{form}: not fitted — {law}", highlight=False)
+    path = plot_fits(points, fits, out or cf.root / "plots" / "scaling.png")
+    console.print(f"plot: {path}")
+    records = cf.records()
+    if records and records[-1].decision:
+        console.print(
+            f"latest decision (round {records[-1].round}): {records[-1].decision['reason']}"
+        )

@@ -45,6 +45,7 @@ class RoundRecord:
     policy: str = ""
     dft_seconds: float = 0.0
     seconds: dict[str, float] = field(default_factory=dict)
+    decision: dict | None = None  # the scaling decision for the next round
     stop_reason: str | None = None
 
     @property
@@ -71,6 +72,8 @@ def stop_reason(rounds: Sequence[RoundRecord], rules: StopConfig, hours: float =
     if not rounds:
         return None
     last = rounds[-1]
+    if last.decision and last.decision.get("action") == "stop":
+        return f"scaling law: {last.decision['reason']}"
     if rules.force_mae is not None and last.test_force_mae <= rules.force_mae:
         return (
             f"test force MAE {1000 * last.test_force_mae:.1f} meV/Å reached the target "

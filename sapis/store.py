@@ -11,6 +11,7 @@ structure: labelling is idempotent even with several writers at once.
 
 import os
 import sqlite3
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,12 @@ STATUSES = ("pending", "labelled", "failed")
 SPLITS = ("train", "val", "test")
 PROVENANCE_KEYS = ("source", "round", "temperature", "parent", "uncertainty")
 _DUPLICATE = (sqlite3.IntegrityError, psycopg2.IntegrityError)
+
+
+def new_run_id() -> str:
+    """A label run's id. The prefix keeps ASE from refusing one that reads as a number
+    (``"9319e8815124"`` is a float to it)."""
+    return f"run-{uuid.uuid4().hex[:12]}"
 
 
 def check_split(split: str | None) -> None:

@@ -77,11 +77,25 @@ def label_batch(config: CampaignConfig, round_: int) -> dict:
 
 @task(name="train-ensemble", cache_policy=NONE)
 def train_ensemble(
-    config: CampaignConfig, folder: CampaignFolder, round_: int, parent: Path | None
+    config: CampaignConfig,
+    folder: CampaignFolder,
+    round_: int,
+    parent: Path | None,
+    size: str | None = None,
 ) -> Path:
-    """Train round ``round_``'s ensemble (fine-tuned from ``parent``) unless it is done."""
+    """Train round ``round_``'s ensemble unless it is done: fine-tuned from ``parent``, or
+    from scratch at ``size`` when that differs from the parent's."""
     store = DatasetStore(config.database)
-    return campaign.train_round(config, folder, store, round_, parent)
+    return campaign.train_round(config, folder, store, round_, parent, size)
+
+
+@task(name="scaling", cache_policy=NONE)
+def scaling(config: CampaignConfig, folder: CampaignFolder, round_: int, size: str) -> dict:
+    """Record the round's training, fit the scaling laws (probing when points are
+    lacking), and decide what the next round buys."""
+    from sapis.campaign_scaling import scaling_step
+
+    return scaling_step(config, folder, round_, size)
 
 
 @task(name="explore", cache_policy=NONE)

@@ -1,6 +1,7 @@
 """Whole campaigns through Prefect: the loop, resume after kill -9, the approval gate,
 artifacts and the report, and bad input refused before any work."""
 
+import itertools
 import os
 import signal
 import subprocess
@@ -41,6 +42,7 @@ def write_config(tmp_path: Path, **sections) -> Path:
         },
         "selection": {"lo": 0.0, "hi": 1000.0, "labels_per_round": 4},
         "stop": {"max_rounds": 2},
+        "scaling": {"enabled": False},
     }
     for name, values in sections.items():
         config[name] = {**config.get(name, {}), **values}
@@ -76,7 +78,10 @@ def test_a_whole_campaign_runs_two_rounds_and_reports(prefect_server, tmp_path):
     from sapis.flows.campaign import campaign
     from sapis.flows.parameters import CampaignParameters
 
-    config = write_config(tmp_path)
+    config = write_config(
+        tmp_path,
+        scaling={"enabled": True, "probe_minutes": 0.1, "bootstrap": 20, "floor_margin": 0.0},
+    )
     result = campaign(CampaignParameters(config=str(config)))
 
     folder = CampaignFolder(tmp_path / "campaign")
@@ -84,18 +89,30 @@ def test_a_whole_campaign_runs_two_rounds_and_reports(prefect_server, tmp_path):
     assert [r.round for r in records] == [0, 1, 2]
     assert result["stop_reason"].startswith("round cap")
     store = DatasetStore(tmp_path / "campaign" / "data.db")
-    assert store.count(status="labelled") == records[-1].labels == 12 + 4 + 4
-    for r in records[1:]:
-        assert r.explored > 0 and r.selected == 4 and r.new_labels == 4
+    for previous, r in itertools.pairwise(records):
+        # each round follows the scaling decision of the one before
+        grow = previous.decision["action"] == "model"
+        assert r.size == (previous.decision["next_size"] if grow else previous.size)
+        assert r.explored > 0 and r.selected == r.new_labels == (0 if grow else 4)
         assert r.candidate == r.explored  # the window takes everything here
-        assert set(r.seconds) == {"explore", "select", "label", "train", "evaluate"}
+        assert {"explore", "select", "label", "train", "evaluate", "scaling"} == set(r.seconds)
         assert r.test_force_mae > 0 and r.n_test > 0
-        assert store.count(round=r.round) == 4
+        assert store.count(round=r.round) == r.new_labels
         assert folder.is_trained(r.round)
     assert records[0].new_labels == 12
+    assert (
+        store.count(status="labelled")
+        == records[-1].labels
+        == 12 + sum(r.new_labels for r in records[1:])
+    )
+    # scaling: the first decision needed probes; every decision is recorded and explained
+    assert records[0].decision["action"] in ("data", "model")
+    assert "joint: eps = " in records[0].decision["fits"]["joint"]
+    assert (folder.root / "scaling" / "points.jsonl").read_text().count("probe-000") == 6
+    assert "## Scaling decision after round 2" in Path(result["report"]).read_text()
     report = Path(result["report"]).read_text()
     assert "## Rounds" in report and "plots/learning_curve.png" in report
-    for name in ("learning_curve", "ratios", "parity", "calibration"):
+    for name in ("learning_curve", "ratios", "parity", "calibration", "scaling"):
         assert (folder.root / "plots" / f"{name}.png").stat().st_size > 5_000
     keys = {a.key for a in _artifacts("campaign-%")}
     assert {"campaign-rounds", "campaign-report", "labels-round-1"} <= keys | {
@@ -110,6 +127,17 @@ def test_a_whole_campaign_runs_two_rounds_and_reports(prefect_server, tmp_path):
     )
     assert out.returncode == 0 and "F MAE meV/Å" in out.stdout and "round cap" in out.stdout
 
+    # the scaling command: every training, the fits, the plot
+    out = subprocess.run(
+        [VENV_BIN / "sapis", "scaling", str(folder.root), "--out", str(tmp_path / "s.png")],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "probe-000-s-0.25" in out.stdout and "joint: eps = " in out.stdout
+    assert "latest decision (round 2)" in out.stdout
+    assert (tmp_path / "s.png").stat().st_size > 10_000
+
     # a round by hand, with its own label budget, past the round cap
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
     out = subprocess.run(
@@ -120,7 +148,7 @@ def test_a_whole_campaign_runs_two_rounds_and_reports(prefect_server, tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     third = folder.records()[3]
-    assert third.new_labels == 2 and third.selected == 2
+    assert third.new_labels == 2 and third.selected == 2  # --labels overrides the plan
     explored = ase.io.read(folder.round_dir(3) / "explored.extxyz", ":")
     assert {a.info["temperature"] for a in explored} == {500.0}
 
@@ -264,6 +292,7 @@ def test_an_oracle_campaign_takes_candidates_and_labels_from_the_pool(prefect_se
         "training": {"size": "xs", "members": 2, "max_minutes": 0.1, "max_epochs": 20},
         "selection": {"lo": 0.0, "hi": 100.0, "labels_per_round": 5},
         "stop": {"max_rounds": 1},
+        "scaling": {"enabled": False},
     }
     path = tmp_path / "campaign.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -1,0 +1,111 @@
+"""Buy labels, grow the model, or stop: the choice a fitted L(N, P) and measured costs make.
+
+For the current data count N and model size P the fit predicts the error drop of
+
+(a) ΔN more labels at this size:   L(N, P) − L(N + ΔN, P), costing ΔN DFT labels plus a
+    retraining at this size;
+(b) the next size P' on the same data:   L(N, P) − L(N, P'), costing a training at P'.
+
+Each gain is divided by its cost in core-seconds; the better one wins, unless even it
+gains less than ``min_gain`` (eV/Å, L being a force error), or the current error is already within
+``floor_margin`` (relative) of the floor ε, in which case the answer is to stop.
+"""
+
+from dataclasses import asdict, dataclass
+
+from sapis.scaling.fits import PowerLawFit
+
+
+@dataclass
+class Costs:
+    """Measured costs in core-seconds: one DFT label, and one training at the current and
+    at the next size."""
+
+    label: float
+    train_current: float
+    train_next: float | None
+
+
+@dataclass
+class Decision:
+    """What to do next and the numbers behind it (errors as the fit's: force MAE, eV/Å;
+    costs in core-seconds)."""
+
+    action: str  # "data" | "model" | "stop"
+    reason: str
+    current: float
+    gain_data: float
+    gain_model: float | None
+    cost_data: float
+    cost_model: float | None
+    delta_n: int
+    next_parameters: int | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def decide(
+    law: PowerLawFit,
+    n: int,
+    parameters: int,
+    delta_n: int,
+    costs: Costs,
+    next_parameters: int | None = None,
+    min_gain: float = 0.0,
+    floor_margin: float = 0.05,
+) -> Decision:
+    """Compare (a) ``delta_n`` more labels with (b) the size of ``next_parameters``
+    (None: no larger size) under ``law`` (the ``joint`` form) and ``costs``."""
+    if law.form != "joint":
+        raise ValueError(f"a decision needs the joint L(N, P) law, got the {law.form} form")
+    current = float(law(n, parameters))
+    gain_data = current - float(law(n + delta_n, parameters))
+    cost_data = delta_n * costs.label + costs.train_current
+    gain_model = cost_model = None
+    if next_parameters is not None and costs.train_next is not None:
+        gain_model = current - float(law(n, next_parameters))
+        cost_model = costs.train_next
+
+    def unit(x: float) -> str:
+        return f"{1000 * x:.1f} meV/Å"
+
+    if current <= law.floor * (1 + floor_margin):
+        return Decision(
+            "stop",
+            f"the predicted error {unit(current)} is within {100 * floor_margin:.0f} % of the "
+            f"fitted floor ε = {unit(law.floor)}: neither data nor size can help",
+            current, gain_data, gain_model, cost_data, cost_model, delta_n, next_parameters,
+        )  # fmt: skip
+    rate_data = gain_data / cost_data
+    rate_model = gain_model / cost_model if gain_model is not None and cost_model else None
+    best_gain = max(gain_data, gain_model if gain_model is not None else -1.0)
+    if best_gain < min_gain:
+        return Decision(
+            "stop",
+            f"the best predicted gain, {unit(best_gain)}, is below the threshold "
+            f"{unit(min_gain)}",
+            current, gain_data, gain_model, cost_data, cost_model, delta_n, next_parameters,
+        )  # fmt: skip
+    if rate_model is not None and rate_model > rate_data:
+        action = "model"
+        reason = (
+            f"the next size ({next_parameters:,} parameters) is predicted to cut the error by "
+            f"{unit(gain_model)} for {cost_model:,.0f} core-s, against {unit(gain_data)} for "
+            f"{cost_data:,.0f} core-s from {delta_n} more labels"
+        )
+    else:
+        action = "data"
+        reason = (
+            f"{delta_n} more labels are predicted to cut the error by {unit(gain_data)} for "
+            f"{cost_data:,.0f} core-s"
+            + (
+                f", against {unit(gain_model)} for {cost_model:,.0f} core-s from the next size"
+                if gain_model is not None
+                else " (no larger size to try)"
+            )
+        )
+    return Decision(
+        action, reason, current, gain_data, gain_model, cost_data, cost_model, delta_n,
+        next_parameters,
+    )  # fmt: skip
