@@ -439,6 +439,8 @@ def _prefect_environment() -> None:
     import os
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # nequip logs every model load at INFO, which Prefect's console handler would show
+    os.environ.setdefault("_NEQUIP_LOG_LEVEL", "WARNING")
 
 
 def _ui_hint() -> str:
