@@ -31,9 +31,12 @@ DATA = HERE.parent.parent / "shared" / "data" / "rmd17"
 ANCHORS = {"NequIP (50 frames, GPU)": 52.0, "MACE (50 frames, GPU)": 43.0}
 
 
-def fit(size: str, n: int, minutes: float, train, val, test, folder: Path) -> dict:
+def fit(
+    size: str, n: int, minutes: float, train, val, test, folder: Path, patience: int = 100
+) -> dict:
+    """One model on the first ``n`` of ``train`` under ``minutes``; its test errors."""
     training = TrainingConfig(
-        size=size, members=1, bootstrap=False, max_minutes=minutes, patience=100
+        size=size, members=1, bootstrap=False, max_minutes=minutes, patience=patience
     )
     manifest = train_ensemble(train[:n], val, folder, training, progress=False)
     pred = Ensemble.load(folder).predict(test)

@@ -20,37 +20,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from learning_curve import fit
 
 from sapis.campaign_report import markdown_table
-from sapis.config import TrainingConfig
 from sapis.io import read_rmd17
-from sapis.scaling.fits import fit
-from sapis.surrogate.ensemble import Ensemble
-from sapis.surrogate.ensemble_training import train_ensemble
+from sapis.scaling.fits import fit as fit_law
 
 HERE = Path(__file__).parent
 DATA = HERE.parent.parent / "shared" / "data" / "rmd17"
 FREY_BETA = 0.26
-
-
-def train_and_test(size, n, minutes, train, val, test, folder) -> dict:
-    training = TrainingConfig(
-        size=size, members=1, bootstrap=False, max_minutes=minutes, patience=10_000
-    )
-    manifest = train_ensemble(train[:n], val, folder, training, progress=False)
-    pred = Ensemble.load(folder).predict(test)
-    err = np.concatenate(
-        [np.abs(pred.force_mean(i) - a.get_forces()).ravel() for i, a in enumerate(test)]
-    )
-    member = manifest["members"][0]
-    return {
-        "size": size,
-        "N": n,
-        "parameters": member["parameters"],
-        "minutes": round(minutes, 2),
-        "steps": member["steps"],
-        "test force MAE": float(err.mean()),
-    }
 
 
 def main() -> None:
@@ -73,11 +51,19 @@ def main() -> None:
         for size in args.sizes:
             for n in [*args.fit, *args.forecast]:
                 minutes = args.minutes_per_25 * n / 25
-                row = train_and_test(size, n, minutes, pool, val, test, Path(tmp) / f"{size}{n}")
+                out = fit(size, n, minutes, pool, val, test, Path(tmp) / f"{size}{n}", 10_000)
+                row = {
+                    "size": size,
+                    "N": n,
+                    "parameters": out["parameters"],
+                    "minutes": round(minutes, 2),
+                    "steps": out["steps"],
+                    "test force MAE": out["force MAE (meV/Å)"] / 1000,
+                }
                 print(row, flush=True)
                 runs.append(row)
     fitted = [r for r in runs if r["N"] in args.fit]
-    law = fit(
+    law = fit_law(
         "joint",
         [r["test force MAE"] for r in fitted],
         [r["N"] for r in fitted],

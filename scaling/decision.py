@@ -70,42 +70,40 @@ def decide(
     def unit(x: float) -> str:
         return f"{1000 * x:.1f} meV/Å"
 
-    if current <= law.floor * (1 + floor_margin):
+    def decision(action: str, reason: str) -> Decision:
         return Decision(
+            action, reason, current, gain_data, gain_model, cost_data, cost_model, delta_n,
+            next_parameters,
+        )  # fmt: skip
+
+    if current <= law.floor * (1 + floor_margin):
+        return decision(
             "stop",
             f"the predicted error {unit(current)} is within {100 * floor_margin:.0f} % of the "
             f"fitted floor ε = {unit(law.floor)}: neither data nor size can help",
-            current, gain_data, gain_model, cost_data, cost_model, delta_n, next_parameters,
-        )  # fmt: skip
-    rate_data = gain_data / cost_data
-    rate_model = gain_model / cost_model if gain_model is not None and cost_model else None
+        )
     best_gain = max(gain_data, gain_model if gain_model is not None else -1.0)
     if best_gain < min_gain:
-        return Decision(
+        return decision(
             "stop",
-            f"the best predicted gain, {unit(best_gain)}, is below the threshold "
-            f"{unit(min_gain)}",
-            current, gain_data, gain_model, cost_data, cost_model, delta_n, next_parameters,
-        )  # fmt: skip
+            f"the best predicted gain, {unit(best_gain)}, is below the threshold {unit(min_gain)}",
+        )
+    rate_data = gain_data / cost_data
+    rate_model = gain_model / cost_model if gain_model is not None and cost_model else None
     if rate_model is not None and rate_model > rate_data:
-        action = "model"
-        reason = (
+        return decision(
+            "model",
             f"the next size ({next_parameters:,} parameters) is predicted to cut the error by "
             f"{unit(gain_model)} for {cost_model:,.0f} core-s, against {unit(gain_data)} for "
-            f"{cost_data:,.0f} core-s from {delta_n} more labels"
+            f"{cost_data:,.0f} core-s from {delta_n} more labels",
         )
-    else:
-        action = "data"
-        reason = (
-            f"{delta_n} more labels are predicted to cut the error by {unit(gain_data)} for "
-            f"{cost_data:,.0f} core-s"
-            + (
-                f", against {unit(gain_model)} for {cost_model:,.0f} core-s from the next size"
-                if gain_model is not None
-                else " (no larger size to try)"
-            )
-        )
-    return Decision(
-        action, reason, current, gain_data, gain_model, cost_data, cost_model, delta_n,
-        next_parameters,
-    )  # fmt: skip
+    return decision(
+        "data",
+        f"{delta_n} more labels are predicted to cut the error by {unit(gain_data)} for "
+        f"{cost_data:,.0f} core-s"
+        + (
+            f", against {unit(gain_model)} for {cost_model:,.0f} core-s from the next size"
+            if gain_model is not None
+            else " (no larger size to try)"
+        ),
+    )
