@@ -289,7 +289,7 @@ def explore_round(
 
     path = folder.round_dir(r) / "explored.extxyz"
     if path.is_file():
-        return path, {"frames": len(ase.io.read(path, ":")), "resumed": True}
+        return path, {"frames": len(read_frames(path)), "resumed": True}
     ensemble = Ensemble.load(ensemble_dir)
     summary: dict = {}
     if config.oracle is not None:
@@ -338,11 +338,11 @@ def select_round(
     after a kill stores the same structures (the store skips those it has) instead of
     choosing again.
     """
-    frames = ase.io.read(explored, ":") if explored.stat().st_size else []
+    frames = read_frames(explored)
     sel_cfg = config.selection
     chosen_path = folder.round_dir(r) / "selected.extxyz"
     if chosen_path.is_file():
-        chosen = ase.io.read(chosen_path, ":") if chosen_path.stat().st_size else []
+        chosen = read_frames(chosen_path)
         already = {a.info["hash"] for a in chosen}
         sel = select(frames, 0, sel_cfg.lo, sel_cfg.hi, sel_cfg.policy, seed=sel_cfg.seed + r)
         sel.chosen = chosen
@@ -416,11 +416,16 @@ def evaluate(ensemble_dir: Path, test: Sequence[Atoms]) -> dict:
 
 def uncertainty_stats(explored: Path) -> tuple[float, float]:
     """Median and 95th percentile of the calibrated max force deviation (eV/Å)."""
-    frames = ase.io.read(explored, ":") if explored.stat().st_size else []
+    frames = read_frames(explored)
     u = [a.info["max_force_dev_calibrated"] for a in frames]
     if not u:
         return float("nan"), float("nan")
     return float(np.median(u)), float(np.percentile(u, 95))
+
+
+def read_frames(path: Path) -> list[Atoms]:
+    """The frames of a file :func:`_write_atomically` wrote (empty file: none)."""
+    return ase.io.read(path, ":") if path.stat().st_size else []
 
 
 def _write_atomically(path: Path, images: list[Atoms]) -> None:

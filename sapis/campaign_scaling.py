@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sapis.campaign import CampaignFolder, level_of, training_sets
+from sapis.campaign import CampaignFolder, estimated_core_seconds, level_of, training_sets
 from sapis.config import SIZES, CampaignConfig
 from sapis.rounds import RoundRecord
 from sapis.scaling.decision import Costs, decide
@@ -107,8 +107,7 @@ def measured_costs(
     size's time scaled by the parameter ratio (the compute a bigger model needs to reach
     the error the law predicts for it)."""
     store = DatasetStore(config.database)
-    secs = [r["label_seconds"] for r in store.summary_rows() if r["label_seconds"] is not None]
-    label = config.dft.threads * (float(np.mean(secs)) if secs else 30.0)
+    label = estimated_core_seconds(store, 1, config.dft.threads)
     trained = [p for p in points if p.source.startswith("round-")]
     budget = config.training.members * config.training.max_minutes * 60.0
 
