@@ -21,7 +21,7 @@ from sapis.errors import InputError
 from sapis.structures import structure_hash
 from sapis.surrogate.calculator import EnsembleCalculator
 from sapis.surrogate.ensemble import Ensemble
-from sapis.validity import bond_graph, invalid_reason
+from sapis.validity import ValidityFilter, invalid_reason
 
 SOLO = DummyMPI()
 
@@ -97,7 +97,11 @@ def explore(
             )
             atoms.calc = EnsembleCalculator(ensemble)
             parent = seeds[i].info.get("hash") or structure_hash(seeds[i])
-            bonds = bond_graph(seeds[i]) if settings.check_bonds else None
+            check = (
+                ValidityFilter.from_reference(seeds[i], settings.min_distance)
+                if settings.check_bonds
+                else None
+            )
             thermalize_momenta(atoms, temperature, comm=SOLO, rng=rng)
             Stationary(atoms)
             ZeroRotation(atoms)
@@ -116,7 +120,11 @@ def explore(
                 dyn.run(1)
                 step += 1
                 results = atoms.calc.results
-                reason = invalid_reason(atoms, bonds, settings.min_distance)
+                reason = (
+                    check.reason(atoms)
+                    if check
+                    else invalid_reason(atoms, None, settings.min_distance)
+                )
                 if reason:
                     stopped_by = f"unphysical: {reason}"
                     break
