@@ -1,0 +1,121 @@
+"""Training a generator on a molecule's frames under a wall-time budget, warm-started
+from the generator already in the output folder when it is the same molecule and size."""
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from sapis.config import GeneratorConfig
+from sapis.errors import InputError
+from sapis.generator.model import META, Generator, molecule_frames
+
+
+@dataclass
+class GeneratorTraining:
+    """One training: frames used and left out, steps, time, and the last losses."""
+
+    frames: int
+    skipped: dict[str, int]
+    steps: int
+    seconds: float
+    loss: float
+    denoise: float
+    penalty: float  # w(t)·‖R(x̂0)‖² in Å², before λ
+    warm_start: bool
+    parameters: int
+
+
+def train_generator(
+    images: Sequence[Atoms],
+    out: str | Path,
+    config: GeneratorConfig | None = None,
+    reference: Atoms | None = None,
+    max_steps: int | None = None,
+    progress: bool = False,
+) -> tuple[Generator, GeneratorTraining]:
+    """Train on ``images`` for ``config.max_minutes`` (or ``max_steps``), save into ``out``.
+
+    ``reference`` fixes the molecule (else the most common one in ``images``). A
+    generator already in ``out`` for the same molecule and network size is trained
+    further; its prior's pair ranges widen to the new frames.
+    """
+    config = config or GeneratorConfig()
+    out = Path(out)
+    reference, positions, skipped = molecule_frames(images, reference)
+    if len(positions) < 2:
+        raise InputError(
+            f"the generator needs at least 2 frames of the molecule, got {len(positions)}"
+        )
+    torch.manual_seed(config.seed)  # the network's initial weights
+    warm = False
+    if (out / META).is_file():
+        gen = Generator.load(out)
+        if gen.matches(reference, config):
+            warm = True
+            gen.meta["config"] = config.model_dump()
+            gen.diffusion.prior_weight = config.prior_weight
+            gen.observe(positions)
+    if not warm:
+        gen = Generator.new(reference, positions, config)
+
+    torch.manual_seed(config.seed + len(gen.meta["trainings"]))
+    rng = torch.Generator().manual_seed(config.seed + len(gen.meta["trainings"]))
+    data = torch.as_tensor(positions, dtype=torch.float32)
+    net = gen.diffusion.net
+    net.train()
+    optimiser = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
+    budget = 60.0 * config.max_minutes
+    recent: list[dict] = []
+    start, steps = time.perf_counter(), 0
+    with _progress(progress, budget) as bar:
+        task = bar.add_task("generator", total=max_steps or budget) if bar else None
+        while True:
+            elapsed = time.perf_counter() - start
+            if (max_steps is not None and steps >= max_steps) or (
+                max_steps is None and elapsed >= budget
+            ):
+                break
+            batch = data[torch.randint(len(data), (config.batch_size,), generator=rng)]
+            losses = gen.diffusion.losses(batch, generator=rng)
+            optimiser.zero_grad()
+            losses["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
+            optimiser.step()
+            gen.update_ema(config.ema_decay if steps > 50 else 0.0)
+            recent = ([*recent, {k: float(v.detach()) for k, v in losses.items()}])[-100:]
+            steps += 1
+            if bar and steps % 20 == 0:
+                bar.update(task, completed=steps if max_steps else elapsed)
+    net.eval()
+    mean = {k: float(np.mean([r[k] for r in recent])) for k in recent[0]} if recent else {}
+    record = GeneratorTraining(
+        frames=len(positions),
+        skipped=skipped,
+        steps=steps,
+        seconds=time.perf_counter() - start,
+        loss=mean.get("loss", float("nan")),
+        denoise=mean.get("denoise", float("nan")),
+        penalty=mean.get("penalty", float("nan")),
+        warm_start=warm,
+        parameters=net.parameter_count(),
+    )
+    gen.meta["trainings"].append(asdict(record))
+    gen.save(out)
+    return gen, record
+
+
+def _progress(enabled: bool, total: float):
+    from contextlib import nullcontext
+
+    if not enabled:
+        return nullcontext(None)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("training generator"), BarColumn(), TimeElapsedColumn(), transient=True
+    )
