@@ -114,7 +114,11 @@ def run_round(
     record.explored, record.accurate = sel.explored, sel.accurate
     record.candidate, record.failed = sel.candidate, sel.failed
     record.selected, record.duplicates = len(sel.chosen), sel.duplicates
-    record.by_source = sel.by_source
+    proposed = info.get("by_source", {})  # proposed / valid, from exploration
+    record.by_source = {
+        src: {**proposed.get(src, {}), **sel.by_source.get(src, {})}
+        for src in sorted({*proposed, *sel.by_source})
+    }
     record.max_force_dev_median, record.max_force_dev_p95 = lib.uncertainty_stats(explored)
     print(
         f"round {r}: {sel.accurate} accurate, {sel.candidate} candidate, {sel.failed} failed; "

@@ -5,6 +5,8 @@ The campaign's state is its store plus this folder::
     FOLDER/campaign.yaml           the configuration the campaign runs with
     FOLDER/round-000/ensemble/     pretraining: the first ensemble
     FOLDER/round-001/explored.extxyz   candidates with their uncertainty
+    FOLDER/round-001/explore.json      what exploration did, counts per source
+    FOLDER/round-001/generator/        the generator, trained further this round
     FOLDER/round-001/selected.extxyz   what was chosen for DFT (stored as pending)
     FOLDER/round-001/ensemble/     the ensemble fine-tuned on the grown data
     FOLDER/round-001/round.json    the round's record: written last, marks it finished
@@ -19,6 +21,7 @@ import json
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import ase.io
@@ -151,6 +154,18 @@ def check_inputs(config: CampaignConfig) -> None:
             images = read_structures(path)
             if not _carries_labels(images[0]):
                 raise InputError(f"{name}: {path} carries no energies and forces")
+    if config.generator.share > 0:
+        if config.oracle is not None:
+            raise InputError(
+                "generator.share: an oracle labels only its own pool, not generated "
+                "structures; set generator.share to 0 or drop the oracle"
+            )
+        formulas = {tuple(a.numbers) for a in seeds}
+        if len(formulas) > 1:
+            raise InputError(
+                f"generator.share: the generator models one molecule, but "
+                f"{config.system.structures} holds {len(formulas)} different atom sequences"
+            )
     if config.oracle is None and not config.pretrain.displaced and not config.pretrain.labelled:
         raise InputError("pretrain: give a labelled file or displaced > 0 to start from")
 
@@ -288,8 +303,10 @@ def explore_round(
     from sapis.surrogate.ensemble import Ensemble
 
     path = folder.round_dir(r) / "explored.extxyz"
+    summary_path = folder.round_dir(r) / "explore.json"
     if path.is_file():
-        return path, {"frames": len(read_frames(path)), "resumed": True}
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        return path, {**summary, "frames": len(read_frames(path)), "resumed": True}
     ensemble = Ensemble.load(ensemble_dir)
     summary: dict = {}
     if config.oracle is not None:
@@ -319,9 +336,54 @@ def explore_round(
             key = t.stopped_by.split(":")[0]
             stops[key] = stops.get(key, 0) + 1
         summary.update(trajectories=len(result.trajectories), stopped_by=stops, steps=result.steps)
+        summary["by_source"] = {
+            "md": {"proposed": len(frames) + stops.get("unphysical", 0), "valid": len(frames)}
+        }
+        frames += _generator_candidates(config, folder, ensemble, r, frames, summary)
     summary["frames"] = len(frames)
     _write_atomically(path, frames)
+    tmp = summary_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=1))
+    tmp.replace(summary_path)
     return path, summary
+
+
+def _generator_candidates(
+    config: CampaignConfig,
+    folder: CampaignFolder,
+    ensemble,
+    r: int,
+    md_frames: list[Atoms],
+    summary: dict,
+) -> list[Atoms]:
+    """The generator's valid proposals of round ``r`` with their uncertainty (none when
+    ``generator.share`` is 0), after training it on the store and all MD frames so far;
+    records its counts and training in ``summary``."""
+    from sapis.campaign_generator import (
+        explored_md_frames,
+        generated_count,
+        propose,
+        train_round_generator,
+        training_frames,
+    )
+    from sapis.surrogate.guidance import disagreement_guide
+
+    n = generated_count(config, len(md_frames))
+    if not n:
+        return []
+    earlier = [folder.round_dir(k) for k in range(r)]
+    explored = explored_md_frames(earlier) + list(md_frames)
+    frames = training_frames(DatasetStore(config.database), explored)
+    gen, training = train_round_generator(config, folder.round_dir(r), earlier, frames)
+    guide = disagreement_guide(ensemble, gen.numbers) if config.generator.guidance > 0 else None
+    valid, counts, rejected = propose(config, gen, n, r, guide)
+    ensemble.predict(valid).annotate(valid)
+    for atoms in valid:
+        atoms.calc = None
+    summary["by_source"]["generator"] = counts
+    summary["generator_rejected"] = rejected
+    summary["generator_training"] = asdict(training) if training else "resumed"
+    return valid
 
 
 def select_round(

@@ -148,6 +148,7 @@ def round_table(rounds: list[RoundRecord]) -> list[Row]:
     percentile of their calibrated max force deviation (eV/Å), test MAEs in
     meV/Å and meV (1 decimal), DFT and per-stage seconds ("-" where missing or NaN)."""
     rows: list[Row] = []
+    sources = sorted({src for r in rounds for src in r.by_source})
     for r in rounds:
         row: Row = {
             "round": r.round,
@@ -167,12 +168,34 @@ def round_table(rounds: list[RoundRecord]) -> list[Row]:
             "parameters": r.parameters,
             "DFT s": round(r.dft_seconds, 1),
         }
+        for src in sources:
+            row[f"{src} valid/in window/selected"] = _source_cell(r.by_source.get(src))
         for stage in STAGES:
             s = r.seconds.get(stage)
             row[f"{stage} s"] = round(s, 1) if s is not None else "-"
         row["stop"] = r.stop_reason or ""
         rows.append(row)
     return rows
+
+
+def source_counts(counts: dict[str, int]) -> dict[str, int]:
+    """A source's proposed / valid / in-window (candidate) / selected counts; valid
+    defaults to the frames scored, proposed to valid."""
+    scored = sum(counts.get(c, 0) for c in ("accurate", "candidate", "failed"))
+    valid = counts.get("valid", scored)
+    return {
+        "proposed": counts.get("proposed", valid),
+        "valid": valid,
+        "in window": counts.get("candidate", 0),
+        "selected": counts.get("selected", 0),
+    }
+
+
+def _source_cell(counts: dict[str, int] | None) -> str:
+    if counts is None:
+        return "-"
+    c = source_counts(counts)
+    return f"{c['valid']}/{c['in window']}/{c['selected']}"
 
 
 def markdown_table(rows: list[dict], columns: list[str] | None = None) -> list[str]:
@@ -227,9 +250,13 @@ def markdown_report(
             summary += f" Stopped: {last.stop_reason}."
         lines += [summary, "", "## Rounds", "", *markdown_table(round_table(rounds)), ""]
         if last.by_source:
-            cols = ("accurate", "candidate", "failed", "selected")
+            cols = ("accurate", "candidate", "failed")
             rows: list[Row] = [
-                {"source": src, **{c: counts.get(c, 0) for c in cols}}
+                {
+                    "source": src,
+                    **source_counts(counts),
+                    **{c: counts.get(c, 0) for c in cols},
+                }
                 for src, counts in sorted(last.by_source.items())
             ]
             lines += [f"## Sources in round {last.round}", "", *markdown_table(rows), ""]

@@ -237,7 +237,7 @@ class ExploreConfig(Strict):
     ``timestep`` fs with ``friction`` in 1/fs; a frame is kept every ``sample_every``
     steps. A trajectory stops when the max force deviation (calibrated, eV/Å) exceeds
     ``stop_force_dev``, when two atoms come closer than ``min_distance`` Å, or when a
-    covalent bond breaks or forms.
+    covalent bond breaks or forms, or (for a chiral molecule) a stereo centre inverts.
     """
 
     temperatures: list[float] = Field(default_factory=lambda: [300.0, 600.0], min_length=1)
@@ -256,6 +256,38 @@ class ExploreConfig(Strict):
         if any(t <= 0 for t in temps):
             raise ValueError(f"temperatures must be positive kelvin, got {temps}")
         return temps
+
+
+class GeneratorConfig(Strict):
+    """The diffusion generator: its network, training budget and share of candidates.
+
+    ``share`` is the fraction of each round's candidates the generator proposes (the
+    rest come from MD; 0 turns it off), but at least ``min_samples`` (MD may stop early
+    where the surrogate is unsure: there the generator matters most). It is retrained,
+    warm-started, every round for ``max_minutes`` on the store's configurations and the
+    MD frames explored so far. ``hidden`` and
+    ``layers`` size its equivariant network; ``prior_weight`` is λ of the feasibility
+    penalty in training (0: none); ``steps`` the sampling steps. Over the last
+    ``guide_from`` of the sampling times, ``guidance`` (Å per step, 0 for none) moves
+    samples toward high ensemble disagreement, and ``feasibility_steps`` gradient steps
+    on the same penalty pull the Tweedie estimate into the observed pair ranges (the
+    prior at sampling time; 0: none).
+    """
+
+    share: float = Field(0.0, ge=0.0, lt=1.0)
+    min_samples: int = Field(100, ge=0)
+    max_minutes: float = Field(2.0, gt=0.0)
+    hidden: int = Field(48, ge=4)
+    layers: int = Field(4, ge=1)
+    prior_weight: float = Field(0.1, ge=0.0)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(1e-3, gt=0.0)
+    ema_decay: float = Field(0.995, ge=0.0, lt=1.0)
+    steps: int = Field(50, ge=2)
+    guidance: float = Field(0.0, ge=0.0)
+    guide_from: float = Field(0.3, gt=0.0, le=1.0)
+    feasibility_steps: int = Field(3, ge=0)
+    seed: int = 0
 
 
 class SelectionConfig(Strict):
@@ -367,6 +399,7 @@ class CampaignConfig(Strict):
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     explore: ExploreConfig = Field(default_factory=ExploreConfig)
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     database: str
     split: SplitConfig = Field(default_factory=SplitConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)

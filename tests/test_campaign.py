@@ -2,6 +2,7 @@
 artifacts and the report, and bad input refused before any work."""
 
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from sapis.campaign import CampaignFolder
 from sapis.store import DatasetStore
 
 VENV_BIN = Path(sys.executable).parent
+RMD17 = Path(__file__).resolve().parents[2] / "shared/data/rmd17/rmd17_malonaldehyde_train_01.npz"
 
 
 def write_config(tmp_path: Path, **sections) -> Path:
@@ -81,6 +83,14 @@ def test_a_whole_campaign_runs_two_rounds_and_reports(prefect_server, tmp_path):
     config = write_config(
         tmp_path,
         scaling={"enabled": True, "probe_minutes": 0.1, "bootstrap": 20, "floor_margin": 0.0},
+        generator={
+            "share": 0.5,
+            "min_samples": 20,
+            "max_minutes": 0.05,
+            "hidden": 16,
+            "layers": 2,
+            "steps": 10,
+        },
     )
     result = campaign(CampaignParameters(config=str(config)))
 
@@ -100,6 +110,18 @@ def test_a_whole_campaign_runs_two_rounds_and_reports(prefect_server, tmp_path):
         assert store.count(round=r.round) == r.new_labels
         assert folder.is_trained(r.round)
     assert records[0].new_labels == 12
+    # the generator proposed half of each round's candidates, warm-started round to round
+    for r in records[1:]:
+        md, gen = r.by_source["md"], r.by_source["generator"]
+        assert gen["proposed"] == max(md["valid"], 20) and gen["valid"] <= gen["proposed"]
+        assert r.explored == md["valid"] + gen["valid"]
+        explored = ase.io.read(folder.round_dir(r.round) / "explored.extxyz", ":")
+        generated = [a for a in explored if a.info["source"] == "generator"]
+        assert len(generated) == gen["valid"]
+        assert all("max_force_dev_calibrated" in a.info for a in generated)
+    assert sum(r.by_source["generator"]["valid"] for r in records[1:]) > 0
+    trainings = json.loads((folder.round_dir(2) / "generator" / "generator.json").read_text())
+    assert [t["warm_start"] for t in trainings["trainings"]] == [False, True]
     assert (
         store.count(status="labelled")
         == records[-1].labels
@@ -112,6 +134,7 @@ def test_a_whole_campaign_runs_two_rounds_and_reports(prefect_server, tmp_path):
     assert "## Scaling decision after round 2" in Path(result["report"]).read_text()
     report = Path(result["report"]).read_text()
     assert "## Rounds" in report and "plots/learning_curve.png" in report
+    assert "generator valid/in window/selected" in report and "| generator |" in report
     for name in ("learning_curve", "ratios", "parity", "calibration", "scaling"):
         assert (folder.root / "plots" / f"{name}.png").stat().st_size > 5_000
     keys = {a.key for a in _artifacts("campaign-%")}
@@ -259,6 +282,8 @@ def test_the_approval_gate_pauses_until_resumed(prefect_server, tmp_path):
         ({"system": {"structures": "broken.xyz"}}, "broken.xyz"),
         ({"system": {"multiplicity": 2}}, "cannot fit"),
         ({"oracle": "water.xyz"}, "carries no energies and forces"),
+        ({"generator": {"share": 1.0}}, "generator.share"),
+        ({"generator": {"share": 0.5}, "oracle": str(RMD17)}, "an oracle labels only its own"),
     ],
 )
 def test_bad_config_or_seeds_stop_before_any_work(tmp_path, change, message):

@@ -51,7 +51,17 @@ def _rounds() -> list[RoundRecord]:
             candidate=25,
             failed=5,
             selected=15,
-            by_source={"md": {"accurate": 170, "candidate": 25, "failed": 5, "selected": 15}},
+            by_source={
+                "md": {"accurate": 170, "candidate": 25, "failed": 5, "selected": 15},
+                "generator": {
+                    "proposed": 50,
+                    "valid": 46,
+                    "accurate": 30,
+                    "candidate": 14,
+                    "failed": 2,
+                    "selected": 6,
+                },
+            },
             max_force_dev_median=0.04,
             max_force_dev_p95=0.21,
             test_force_mae=0.061,
@@ -89,6 +99,9 @@ def test_round_table_formats_percentages_units_and_gaps():
     assert r1["accurate %"] == "55.0" and r1["candidate %"] == "35.0" and r1["failed %"] == "10.0"
     assert r1["test energy MAE (meV)"] == 12.0 and r1["evaluate s"] == "-"
     assert r1["stop"] == "" and r2["stop"].startswith("85 %")
+    assert r1["md valid/in window/selected"] == "125/40/12"
+    assert r1["generator valid/in window/selected"] == "-"
+    assert r2["generator valid/in window/selected"] == "46/14/6"
     nan = round_table([RoundRecord(round=3)])[0]
     assert nan["test force MAE (meV/Å)"] == "-" and nan["test energy MAE (meV)"] == "-"
 
@@ -100,8 +113,11 @@ def test_markdown_report_links_or_embeds_plots(tmp_path):
     assert text.startswith("# water campaign")
     assert "| round | labels | new labels |" in text
     assert "61.0 meV/Å" in text and "Stopped: 85 %" in text
-    assert "## Sources in round 2" in text and "| md | 170 | 25 | 5 | 15 |" in text
-    assert "rattle" not in text
+    assert "## Sources in round 2" in text
+    assert "| source | proposed | valid | in window | selected |" in text
+    assert "| generator | 50 | 46 | 14 | 6 | 30 | 14 | 2 |" in text
+    assert "| md | 200 | 200 | 25 | 15 | 170 | 25 | 5 |" in text
+    assert "| rattle |" not in text
     assert "![learning_curve](plots/learning_curve.png)" in text
     assert "![ratios](plots/ratios.png)" in text
     assert "base64" not in text and text.endswith("footer line\n")
