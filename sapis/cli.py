@@ -552,8 +552,9 @@ def generate(
     check = ValidityFilter.from_reference(gen.reference())
     valid, rejected = check.split(samples)
     if keep_invalid:
+        kept = {id(a) for a in valid}
         for atoms in samples:
-            atoms.info["invalid"] = check.reason(atoms) or ""
+            atoms.info["invalid"] = "" if id(atoms) in kept else check.reason(atoms)
     ase.io.write(out, samples if keep_invalid else valid, format="extxyz")
     console.print(
         f"{n} samples in {seconds:.1f} s ({1000 * seconds / n:.2f} ms each): {len(valid)} valid "

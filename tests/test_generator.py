@@ -272,3 +272,38 @@ def test_molecule_frames_refuses_structures_of_another_molecule(malonaldehyde):
     assert len(positions) == 5 and skipped == {"other molecule": 1}
     with pytest.raises(InputError, match="none of the 1 structures is the molecule C3H4O2"):
         molecule_frames([molecule("H2O")], reference=malonaldehyde[0])
+
+
+def test_cli_trains_on_a_store_and_generates(malonaldehyde, tmp_path):
+    import subprocess
+    import sys
+
+    import ase.io
+
+    from sapis.store import DatasetStore
+
+    sapis = Path(sys.executable).parent / "sapis"
+    db = tmp_path / "data.db"
+    DatasetStore(db).add([Atoms(a.numbers, a.positions) for a in malonaldehyde[:60]])
+    out = subprocess.run(
+        [sapis, "train-generator", "--db", str(db), "--out", str(tmp_path / "gen"),
+         "--max-minutes", "0.05", "--check", "20"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "on 60 structures" in out.stdout and "20 samples:" in out.stdout
+    assert (tmp_path / "gen" / "bond_lengths.png").stat().st_size > 10_000
+    out = subprocess.run(
+        [sapis, "generate", str(tmp_path / "gen"), str(tmp_path / "s.extxyz"), "--n", "12",
+         "--keep-invalid"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    samples = ase.io.read(tmp_path / "s.extxyz", ":")
+    assert len(samples) == 12 and all(a.info["source"] == "generator" for a in samples)
+    assert "12 samples in" in out.stdout
+    out = subprocess.run(
+        [sapis, "generate", str(tmp_path / "nothing"), str(tmp_path / "t.extxyz")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 2 and "no generator here" in out.stderr
