@@ -32,12 +32,13 @@ test-all: $(STAMP) services
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
+# every benchmark, one after another (each compares its arms side by side in one run);
+# hours on 2 cores. Results are appended to bench/results/.
+BENCHMARKS := label_throughput ensemble_inference md_speed learning_curve scaling_forecast \
+	label_efficiency generator_sources generator_loop
+
 bench: $(STAMP)
-	$(PY) bench/label_throughput.py
-	$(PY) bench/ensemble_inference.py
-	$(PY) bench/md_speed.py
-	$(PY) bench/learning_curve.py
-	$(PY) bench/label_efficiency.py
+	for b in $(BENCHMARKS); do PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs runinfo .pytest_cache

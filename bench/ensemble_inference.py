@@ -9,24 +9,20 @@ Appends to bench/results/ensemble_inference.jsonl and rewrites ensemble_inferenc
 """
 
 import argparse
-import json
 import platform
 import tempfile
 import time
 import warnings
-from datetime import UTC, datetime
 from pathlib import Path
 
+import common
 import numpy as np
 
-from sapis.campaign_report import markdown_table
-from sapis.config import TrainingConfig
 from sapis.io import read_rmd17
 from sapis.surrogate.ensemble import Ensemble
 from sapis.surrogate.ensemble_training import train_ensemble
+from sapis.surrogate.settings import TrainingConfig
 
-HERE = Path(__file__).parent
-DATA = HERE.parent.parent / "shared" / "data" / "rmd17"
 COLUMNS = [
     "date",
     "device",
@@ -47,8 +43,8 @@ def nequip_calculators(ensemble: Ensemble) -> list:
     from nequip.model.saved_models.load_utils import load_saved_model
 
     calcs = []
-    for member in ensemble.manifest["members"]:
-        model = load_saved_model(str(ensemble.folder / member["checkpoint"])).eval()
+    for checkpoint in ensemble.manifest.checkpoints(ensemble.folder):
+        model = load_saved_model(str(checkpoint)).eval()
         transforms = basic_transforms(
             model.metadata, ensemble.r_max, ensemble.type_names, {t: t for t in ensemble.type_names}
         )
@@ -57,7 +53,7 @@ def nequip_calculators(ensemble: Ensemble) -> list:
 
 
 def run(size: str, members: int, structures: list, folder: Path) -> dict:
-    train = read_rmd17(DATA / "rmd17_malonaldehyde_train_01.npz")
+    train = read_rmd17(common.TRAIN)
     training = TrainingConfig(size=size, members=members, max_epochs=1)
     train_ensemble(train[:20], train[500:505], folder, training, progress=False)
     ensemble = Ensemble.load(folder)
@@ -81,7 +77,7 @@ def run(size: str, members: int, structures: list, folder: Path) -> dict:
     sequential = time.perf_counter() - t0
     diff = max(np.abs(forces[:, i] - pred.forces[i]).max() for i in range(len(structures)))
     return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "date": common.timestamp(),
         "device": ensemble.device,
         "size": size,
         "K": members,
@@ -94,9 +90,8 @@ def run(size: str, members: int, structures: list, folder: Path) -> dict:
     }
 
 
-def write_table(results: Path) -> None:
-    rows = [json.loads(line) for line in (results / "ensemble_inference.jsonl").open()]
-    lines = [
+def write_table() -> None:
+    intro = [
         "# Ensemble inference: batched vs K sequential NequIPCalculator passes",
         "",
         "rMD17 malonaldehyde test frames (9 atoms), float32 members, 2 CPU cores unless the "
@@ -105,8 +100,7 @@ def write_table(results: Path) -> None:
         "one ASE call per structure. Goal: speed-up ≥ 3.",
         "",
     ]
-    lines += markdown_table(rows, COLUMNS)
-    (results / "ensemble_inference.md").write_text("\n".join(lines) + "\n")
+    common.write_table("ensemble_inference", intro, COLUMNS)
 
 
 def main() -> None:
@@ -116,16 +110,13 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["xs", "s"])
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    structures = read_rmd17(DATA / "rmd17_malonaldehyde_test_01.npz")[: args.structures]
-    results = HERE / "results"
-    results.mkdir(exist_ok=True)
+    structures = read_rmd17(common.TEST)[: args.structures]
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             row = run(size, args.members, structures, Path(tmp) / size)
             print(row)
-            with (results / "ensemble_inference.jsonl").open("a") as f:
-                f.write(json.dumps(row) + "\n")
-    write_table(results)
+            common.record("ensemble_inference", row)
+    write_table()
 
 
 if __name__ == "__main__":

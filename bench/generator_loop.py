@@ -14,35 +14,31 @@ Appends to bench/results/generator_loop.jsonl; rewrites generator_loop.md and .p
 """
 
 import argparse
-import json
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import ase.io
+import common
 import yaml
-
-HERE = Path(__file__).parent
-DATA = HERE.parent.parent / "shared" / "data" / "rmd17"
 
 
 def run_arm(name: str, share: float, args, root: Path) -> dict:
-    from sapis.campaign import CampaignFolder
+    from sapis.campaign.folder import CampaignFolder
     from sapis.flows.campaign import campaign
     from sapis.flows.parameters import CampaignParameters
     from sapis.io import read_rmd17
 
     folder = root / name
     folder.mkdir(parents=True)
-    train = read_rmd17(DATA / "rmd17_malonaldehyde_train_01.npz")
+    train = read_rmd17(common.TRAIN)
     ase.io.write(folder / "pretrain.extxyz", train[: args.pretrain])
     ase.io.write(folder / "seeds.xyz", [train[k] for k in (500, 900)])
     config = {
         "system": {"structures": "seeds.xyz"},
         "dft": {"xc": "PBE", "basis": "def2-svp", "density_fit": True, "threads": 2},
         "executor": {"profile": "threads", "workers": 1},
-        "test_file": str(DATA / "rmd17_malonaldehyde_test_01.npz"),
+        "test_file": str(common.TEST),
         "database": "data.db",
         "split": {"val": 0.15, "test": 0.0},
         "pretrain": {"labelled": "pretrain.extxyz", "displaced": 0},
@@ -64,7 +60,7 @@ def run_arm(name: str, share: float, args, root: Path) -> dict:
     campaign(CampaignParameters(config=str(path)))
     records = CampaignFolder(folder).records()
     return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "date": common.timestamp(),
         "arm": name,
         "share": share,
         "size": args.size,
@@ -80,25 +76,15 @@ def run_arm(name: str, share: float, args, root: Path) -> dict:
     }
 
 
-def write_outputs(results: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in (results / "generator_loop.jsonl").open()]
-    latest = {}
-    for r in rows:
-        latest[r["arm"]] = r
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for name, r in latest.items():
+def write_outputs() -> None:
+    by_arm = common.latest(common.read_records("generator_loop"), "arm")
+    fig, ax = common.subplots(figsize=(5.5, 3.8))
+    for name, r in by_arm.items():
         labels, mae = zip(*r["curve"])
         ax.plot(labels, [1000 * m for m in mae], "o-", label=f"{name} (share {r['share']})")
     ax.set(xlabel="labels", ylabel="test force MAE (meV/Å)", title="rMD17 malonaldehyde")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(results / "generator_loop.png", dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, "generator_loop")
     lines = [
         "# The loop with and without generator proposals (PySCF PBE/def2-SVP labels)",
         "",
@@ -110,7 +96,7 @@ def write_outputs(results: Path) -> None:
         "| sources per round | DFT s | explore s | wall s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in latest.items():
+    for name, r in by_arm.items():
         curve = ", ".join(f"{n} → {1000 * m:.1f}" for n, m in r["curve"])
         sources = "; ".join(
             " ".join(
@@ -125,7 +111,7 @@ def write_outputs(results: Path) -> None:
             f"{r['explore seconds']} | {r['wall seconds']} |"
         )
     lines += ["", "![learning curves](generator_loop.png)", ""]
-    (results / "generator_loop.md").write_text("\n".join(lines) + "\n")
+    common.write_markdown("generator_loop", lines)
 
 
 def main() -> None:
@@ -143,15 +129,13 @@ def main() -> None:
         "--arms", nargs="+", default=["generator", "md"], choices=["generator", "md"]
     )
     args = parser.parse_args()
-    results = HERE / "results"
     root = Path(tempfile.mkdtemp(prefix="generator-loop-"))
     arms = {"generator": ("MD + generator", args.share), "md": ("MD only", 0.0)}
     for name, share in (arms[a] for a in args.arms):
         row = run_arm(name, share, args, root)
         print(row)
-        with (results / "generator_loop.jsonl").open("a") as f:
-            f.write(json.dumps(row) + "\n")
-    write_outputs(results)
+        common.record("generator_loop", row)
+    write_outputs()
 
 
 if __name__ == "__main__":

@@ -23,19 +23,16 @@ Appends to bench/results/generator_sources.jsonl; rewrites generator_sources.md 
 """
 
 import argparse
-import json
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
+import common
 import numpy as np
 import torch
 from ase import Atoms
 from scipy.stats import wasserstein_distance
 
-HERE = Path(__file__).parent
-DATA = HERE.parent.parent / "shared" / "data" / "rmd17"
 COLUMNS = [
     "source",
     "samples",
@@ -73,20 +70,20 @@ def main() -> None:
     parser.add_argument("--hi", type=float, default=1.5)
     args = parser.parse_args()
 
-    from sapis.config import ExploreConfig, GeneratorConfig, TrainingConfig
     from sapis.generator.model import molecule_frames
     from sapis.generator.quality import bond_w1, plot_bond_lengths
+    from sapis.generator.settings import GeneratorConfig
     from sapis.generator.training import train_generator
     from sapis.io import read_rmd17
     from sapis.surrogate.ensemble import Ensemble
     from sapis.surrogate.ensemble_training import train_ensemble
     from sapis.surrogate.guidance import disagreement_guide
     from sapis.surrogate.md import explore
+    from sapis.surrogate.settings import ExploreConfig, TrainingConfig
     from sapis.validity import ValidityFilter
 
-    train = read_rmd17(DATA / "rmd17_malonaldehyde_train_01.npz")
-    test = read_rmd17(DATA / "rmd17_malonaldehyde_test_01.npz")[:500]
-    results = HERE / "results"
+    train = read_rmd17(common.TRAIN)
+    test = read_rmd17(common.TEST)[:500]
     work = Path(tempfile.mkdtemp(prefix="generator-sources-"))
     training = TrainingConfig(size="s", members=3, max_minutes=args.ensemble_minutes, patience=40)
     train_ensemble(train[:200], train[200:250], work / "ensemble", training, progress=False)
@@ -97,7 +94,7 @@ def main() -> None:
 
     rows, energies = [], {"rMD17 test (surrogate)": reference_energies}
 
-    def record(source: str, n: int, valid: list, seconds: float, train_cpu: float) -> dict:
+    def source_row(source: str, n: int, valid: list, seconds: float, train_cpu: float) -> dict:
         """Score ``valid`` (n proposed in ``seconds``) with the ensemble; one row."""
         e, window = score(ensemble, valid, args.lo, args.hi)
         energies[source] = e
@@ -129,7 +126,7 @@ def main() -> None:
     seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     unphysical = sum(t.stopped_by.startswith("unphysical") for t in md.trajectories)
     frames = [Atoms(a.numbers, a.positions) for a in md.candidates]
-    rows.append(record("surrogate MD 500 K", len(frames) + unphysical, frames, seconds, 0))
+    rows.append(source_row("surrogate MD 500 K", len(frames) + unphysical, frames, seconds, 0))
     rows[-1]["CPU-s"] = round(cpu, 1)
 
     # (label, λ in training, feasibility pulls in sampling, guided)
@@ -155,7 +152,7 @@ def main() -> None:
             samples = gen.sample(args.samples, seed=1, guide=steer)
             seconds = time.perf_counter() - t0
             valid, _ = check.split(samples)
-            rows.append(record(label, args.samples, valid, seconds, train_cpu))
+            rows.append(source_row(label, args.samples, valid, seconds, train_cpu))
             rows[-1]["CPU-s"] = round(cpu_seconds() - c0, 1)
             if pulls and not guided:
                 plot_bond_lengths(
@@ -163,35 +160,29 @@ def main() -> None:
                     data,
                     gen.numbers,
                     gen.bonds,
-                    results / f"generator_bonds_lambda{weight}.png",
+                    common.result_path(f"generator_bonds_lambda{weight}.png"),
                     labels=("rMD17", label),
                 )
     md_rate = rows[0]["in window"] / rows[0]["CPU-s"]
-    date = datetime.now(UTC).isoformat(timespec="seconds")
-    with (results / "generator_sources.jsonl").open("a") as f:
-        for row in rows:
-            row["in-window per CPU-s"] = round(row["in window"] / row["CPU-s"], 2)
-            row["vs MD"] = round(row["in window"] / row["CPU-s"] / md_rate, 2) if md_rate else "-"
-            row.update(
-                date=date,
-                threads=torch.get_num_threads(),
-                generator_minutes=args.minutes,
-                window=[args.lo, args.hi],
-            )
-            f.write(json.dumps(row) + "\n")
-            print(row)
-    write_outputs(results, rows, energies)
+    date = common.timestamp()
+    for row in rows:
+        row["in-window per CPU-s"] = round(row["in window"] / row["CPU-s"], 2)
+        row["vs MD"] = round(row["in window"] / row["CPU-s"] / md_rate, 2) if md_rate else "-"
+        row.update(
+            date=date,
+            threads=torch.get_num_threads(),
+            generator_minutes=args.minutes,
+            window=[args.lo, args.hi],
+        )
+        common.record("generator_sources", row)
+        print(row)
+    write_outputs(rows, energies)
 
 
-def write_outputs(results: Path, rows: list[dict], energies: dict[str, np.ndarray]) -> None:
-    import matplotlib
+def write_outputs(rows: list[dict], energies: dict[str, np.ndarray]) -> None:
+    from sapis.campaign.report import markdown_table
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from sapis.campaign_report import markdown_table
-
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    fig, ax = common.subplots(figsize=(6.5, 3.8))
     ref = energies["rMD17 test (surrogate)"]
     bins = np.linspace(ref.min() - 0.5, ref.max() + 1.0, 60)
     for name, e in energies.items():
@@ -200,9 +191,7 @@ def write_outputs(results: Path, rows: list[dict], energies: dict[str, np.ndarra
             ax.hist(np.clip(e, bins[0], bins[-1]), bins, density=True, label=name, **style)
     ax.set(xlabel="surrogate energy (eV)", ylabel="density", title="Energies of candidates")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(results / "generator_sources.png", dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, "generator_sources")
     lines = [
         "# Generator against surrogate MD as a source of candidates (rMD17 malonaldehyde)",
         "",
@@ -216,7 +205,7 @@ def write_outputs(results: Path, rows: list[dict], energies: dict[str, np.ndarra
         "![energies](generator_sources.png)",
         "",
     ]
-    (results / "generator_sources.md").write_text("\n".join(lines) + "\n")
+    common.write_markdown("generator_sources", lines)
 
 
 if __name__ == "__main__":

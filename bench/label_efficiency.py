@@ -14,22 +14,18 @@ Appends to bench/results/label_efficiency.jsonl; rewrites label_efficiency.md an
 """
 
 import argparse
-import json
 import os
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
+import common
 import numpy as np
 import yaml
 
-HERE = Path(__file__).parent
-DATA = HERE.parent.parent / "shared" / "data" / "rmd17"
-
 
 def run_arm(policy: str, seed: int, args, root: Path) -> dict:
-    from sapis.campaign import CampaignFolder
+    from sapis.campaign.folder import CampaignFolder
     from sapis.flows.campaign import campaign
     from sapis.flows.parameters import CampaignParameters
 
@@ -37,8 +33,8 @@ def run_arm(policy: str, seed: int, args, root: Path) -> dict:
     folder.mkdir(parents=True)
     step = args.round_labels
     config = {
-        "oracle": str(DATA / "rmd17_malonaldehyde_train_01.npz"),
-        "test_file": str(DATA / "rmd17_malonaldehyde_test_01.npz"),
+        "oracle": str(common.TRAIN),
+        "test_file": str(common.TEST),
         "database": "data.db",
         "split": {"val": 0.1, "test": 0.0},
         "pretrain": {"displaced": args.labels[0] // 2, "seed": seed},
@@ -71,7 +67,7 @@ def run_arm(policy: str, seed: int, args, root: Path) -> dict:
         for r in records[1:]
     ]
     return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "date": common.timestamp(),
         "policy": policy,
         "seed": seed,
         "size": args.size,
@@ -108,11 +104,8 @@ def labels_for(curve: list, target_mev: float) -> float:
     return float(np.exp(np.log(labels[k - 1]) + t * (np.log(labels[k]) - np.log(labels[k - 1]))))
 
 
-def write_outputs(results: Path, marks: list[int]) -> None:
-    rows = [json.loads(line) for line in (results / "label_efficiency.jsonl").open()]
-    latest = {}
-    for r in rows:
-        latest[(r["policy"], r["seed"], r["size"])] = r
+def write_outputs(marks: list[int]) -> None:
+    runs = common.latest(common.read_records("label_efficiency"), "policy", "seed", "size")
     lines = [
         "# Label efficiency: active learning vs random, rMD17 malonaldehyde pool",
         "",
@@ -130,7 +123,7 @@ def write_outputs(results: Path, marks: list[int]) -> None:
         "| outside training/round (s) |",
         "|" + "---|" * (10 + len(marks)),
     ]
-    for (policy, seed, size), r in sorted(latest.items()):
+    for (policy, seed, size), r in sorted(runs.items()):
         maes = " | ".join(f"{mae_at(r['curve'], n):.1f}" for n in marks)
         lines.append(
             f"| {policy} | {seed} | {size} | {r['members']} | {r['minutes per member']} | "
@@ -142,11 +135,11 @@ def write_outputs(results: Path, marks: list[int]) -> None:
     lines += ["", "Labels the random arm needs for active learning's error (mean over seeds):", ""]
     for n in marks:
         ratios = []
-        for (policy, seed, size), r in latest.items():
-            if policy != "uncertainty" or (("random", seed, size) not in latest):
+        for (policy, seed, size), r in runs.items():
+            if policy != "uncertainty" or (("random", seed, size) not in runs):
                 continue
             target = mae_at(r["curve"], n)
-            needed = labels_for(latest[("random", seed, size)]["curve"], target)
+            needed = labels_for(runs[("random", seed, size)]["curve"], target)
             ratios.append(needed / n)
         finite = [x for x in ratios if np.isfinite(x)]
         reached = f"{np.mean(finite):.2f}×" if finite else "not reached"
@@ -154,16 +147,11 @@ def write_outputs(results: Path, marks: list[int]) -> None:
             f"- at {n} AL labels: random needs {reached} "
             f"({len(finite)} of {len(ratios)} seeds reach it within the run)"
         )
-    (results / "label_efficiency.md").write_text("\n".join(lines) + "\n")
+    common.write_markdown("label_efficiency", lines)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.2), layout="constrained")
+    fig, ax = common.subplots(figsize=(6, 4.2), layout="constrained")
     colours = {"uncertainty": "tab:blue", "random": "tab:gray"}
-    for (policy, seed, _), r in sorted(latest.items()):
+    for (policy, seed, _), r in sorted(runs.items()):
         x, y = zip(*r["curve"])
         ax.loglog(
             x,
@@ -177,7 +165,7 @@ def write_outputs(results: Path, marks: list[int]) -> None:
     ax.set_ylabel("test force MAE (meV/Å)")
     ax.set_title("rMD17 malonaldehyde: active learning vs random")
     ax.legend(fontsize=7)
-    fig.savefig(results / "label_efficiency.png", dpi=110)
+    common.save_figure(fig, "label_efficiency")
 
 
 def main() -> None:
@@ -190,7 +178,6 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=0.3)
     parser.add_argument("--table", action="store_true", help="only rewrite table and plot")
     args = parser.parse_args()
-    results = HERE / "results"
     if not args.table:
         os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bench-prefect-"))
         os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
@@ -200,9 +187,8 @@ def main() -> None:
                 for policy in ("uncertainty", "random"):
                     row = run_arm(policy, seed, args, Path(tmp))
                     print(row, flush=True)
-                    with (results / "label_efficiency.jsonl").open("a") as f:
-                        f.write(json.dumps(row) + "\n")
-    write_outputs(results, args.labels)
+                    common.record("label_efficiency", row)
+    write_outputs(args.labels)
 
 
 if __name__ == "__main__":

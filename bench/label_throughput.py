@@ -14,19 +14,18 @@ import os
 import platform
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
+import common
 import numpy as np
 
-from sapis.config import DFTSettings, ExecutorConfig
 from sapis.dft.batch import label_pending
+from sapis.dft.executors import ExecutorConfig
+from sapis.dft.labeller import PySCFLabeller
+from sapis.dft.settings import DFTSettings
 from sapis.io import read_rmd17
 from sapis.store import DatasetStore
 from sapis.units import gradient_to_forces, hartree_to_ev
-
-HERE = Path(__file__).parent
-DATA = HERE.parent.parent / "shared" / "data" / "rmd17" / "rmd17_malonaldehyde_train_01.npz"
 
 
 def plain_pyscf(atoms, settings: DFTSettings) -> tuple[float, np.ndarray]:
@@ -53,9 +52,9 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="only rewrite the results table")
     args = parser.parse_args()
     if args.table:
-        write_table(HERE / "results")
+        write_table()
         return
-    frames = read_rmd17(DATA)[:: 1000 // args.frames][: args.frames]
+    frames = read_rmd17(common.TRAIN)[:: 1000 // args.frames][: args.frames]
     for atoms in frames:
         atoms.calc = None  # the rMD17 labels are not wanted: we compute our own
     settings = DFTSettings(threads=1)
@@ -82,9 +81,8 @@ def main() -> None:
 
         summary = label_pending(
             store,
-            settings,
-            ExecutorConfig(profile="local", workers=2),
-            run_dir=Path(tmp) / "runinfo",
+            PySCFLabeller(settings),
+            ExecutorConfig(profile="local", workers=2, run_dir=Path(tmp) / "runinfo"),
             on_result=on_result,
         )
         t_par = time.perf_counter() - t0
@@ -92,8 +90,8 @@ def main() -> None:
         worst = max(np.abs(rows[ids[k]].forces - f).max() for k, (_, f) in enumerate(sequential))
     assert summary.labelled == len(frames), summary
     ideal = t_seq / 2
-    record = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    row = {
+        "date": common.timestamp(),
         "host": platform.node(),
         "cores": os.cpu_count(),
         "frames": len(frames),
@@ -112,17 +110,14 @@ def main() -> None:
         "orchestration_percent": round(100 * (t_par / (summary.label_seconds / 2) - 1), 1),
         "max_force_difference_eV_per_A": float(worst),
     }
-    print(json.dumps(record, indent=1))
-    results = HERE / "results"
-    results.mkdir(exist_ok=True)
-    with open(results / "label_throughput.jsonl", "a") as fh:
-        fh.write(json.dumps(record) + "\n")
-    write_table(results)
+    print(json.dumps(row, indent=1))
+    common.record("label_throughput", row)
+    write_table()
 
 
-def write_table(results: Path) -> None:
+def write_table() -> None:
     """Rewrite label_throughput.md from every run recorded in label_throughput.jsonl."""
-    runs = [json.loads(x) for x in (results / "label_throughput.jsonl").read_text().splitlines()]
+    runs = common.read_records("label_throughput")
     table = [
         "| date | frames | sequential (s) | local ×2 (s) | ideal (s) | overhead | "
         "core contention | orchestration | start-up (s) | shut-down (s) |",
@@ -135,8 +130,7 @@ def write_table(results: Path) -> None:
         f"{r.get('shutdown_s', '–')} |"
         for r in runs
     ]
-    (results / "label_throughput.md").write_text(
-        "# Labelling throughput: `local` profile (2 workers) vs sequential PySCF\n\n"
+    intro = (
         f"{runs[-1]['level']}, density fitting, 1 thread per label, rMD17 malonaldehyde "
         "frames, one run per row (`make bench` adds a row). overhead = local / (sequential "
         "/ 2) − 1 ≈ core contention + orchestration, where core contention = summed DFT "
@@ -144,8 +138,9 @@ def write_table(results: Path) -> None:
         "and memory bandwidth) and orchestration = local / (summed worker DFT time / 2) − 1 "
         "(Parsl start-up, scheduling, database writes, shut-down). start-up: from the call "
         "to the first DFT starting; shut-down: from the last result to the call returning."
-        "\n\n" + "\n".join(table) + "\n"
     )
+    title = "# Labelling throughput: `local` profile (2 workers) vs sequential PySCF"
+    common.write_markdown("label_throughput", [title, "", intro, "", *table])
 
 
 if __name__ == "__main__":

@@ -11,23 +11,19 @@ Appends to bench/results/learning_curve.jsonl, rewrites learning_curve.md and .p
 """
 
 import argparse
-import json
 import tempfile
 import warnings
-from datetime import UTC, datetime
 from pathlib import Path
 
+import common
 import numpy as np
 import torch
 
-from sapis.campaign_report import markdown_table
-from sapis.config import TrainingConfig
 from sapis.io import read_rmd17
 from sapis.surrogate.ensemble import Ensemble
 from sapis.surrogate.ensemble_training import train_ensemble
+from sapis.surrogate.settings import TrainingConfig
 
-HERE = Path(__file__).parent
-DATA = HERE.parent.parent / "shared" / "data" / "rmd17"
 ANCHORS = {"NequIP (50 frames, GPU)": 52.0, "MACE (50 frames, GPU)": 43.0}
 
 
@@ -44,25 +40,24 @@ def fit(
         [np.abs(pred.force_mean(i) - a.get_forces()).ravel() for i, a in enumerate(test)]
     )
     e_err = np.abs(pred.energy_mean - np.array([a.get_potential_energy() for a in test]))
-    member = manifest["members"][0]
+    member = manifest.members[0]
     return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "date": common.timestamp(),
         "size": size,
         "N": n,
-        "parameters": member["parameters"],
+        "parameters": member.parameters,
         "budget (min)": minutes,
         "threads": torch.get_num_threads(),
-        "steps": member["steps"],
-        "seconds": member["wall_seconds"],
+        "steps": member.steps,
+        "seconds": member.wall_seconds,
         "test frames": len(test),
         "force MAE (meV/Å)": round(1000 * float(f_err.mean()), 1),
         "energy MAE (meV)": round(1000 * float(e_err.mean()), 1),
-        "val force MAE (meV/Å)": round(1000 * member["val_force_mae"], 1),
+        "val force MAE (meV/Å)": round(1000 * member.val_force_mae, 1),
     }
 
 
-def write_outputs(results: Path) -> None:
-    rows = [json.loads(line) for line in (results / "learning_curve.jsonl").open()]
+def write_outputs() -> None:
     cols = [
         "date",
         "size",
@@ -76,7 +71,7 @@ def write_outputs(results: Path) -> None:
         "energy MAE (meV)",
         "val force MAE (meV/Å)",
     ]
-    lines = [
+    intro = [
         "# Learning curve: rMD17 malonaldehyde, test split",
         "",
         "One model per row, trained on the first N frames of the shared train split "
@@ -85,22 +80,14 @@ def write_outputs(results: Path) -> None:
         "frames: NequIP ≈ 52, MACE ≈ 43 meV/Å.",
         "",
     ]
-    lines += markdown_table(rows, cols)
-    (results / "learning_curve.md").write_text("\n".join(lines) + "\n")
+    rows = common.write_table("learning_curve", intro, cols)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    latest = {}
-    for r in rows:  # the latest run of each (size, N, budget)
-        latest[(r["size"], r["N"], r["budget (min)"])] = r
-    for size, budget in sorted({(s, b) for s, _, b in latest}):
+    fig, ax = common.subplots(figsize=(5.5, 4))
+    runs = common.latest(rows, "size", "N", "budget (min)")  # the latest run of each
+    for size, budget in sorted({(s, b) for s, _, b in runs}):
         pts = sorted(
             (n, r["force MAE (meV/Å)"])
-            for (s, n, b), r in latest.items()
+            for (s, n, b), r in runs.items()
             if s == size and b == budget
         )
         ax.loglog(*zip(*pts), "o-", label=f"{size}, {budget} min CPU")
@@ -110,8 +97,7 @@ def write_outputs(results: Path) -> None:
     ax.set_ylabel("test force MAE (meV/Å)")
     ax.set_title("rMD17 malonaldehyde")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(results / "learning_curve.png", dpi=110)
+    common.save_figure(fig, "learning_curve")
 
 
 def main() -> None:
@@ -122,20 +108,18 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=1000)
     parser.add_argument("--table", action="store_true", help="only rewrite table and plot")
     args = parser.parse_args()
-    results = HERE / "results"
     if not args.table:
         warnings.filterwarnings("ignore")
-        train = read_rmd17(DATA / "rmd17_malonaldehyde_train_01.npz")
-        test = read_rmd17(DATA / "rmd17_malonaldehyde_test_01.npz")[: args.test]
+        train = read_rmd17(common.TRAIN)
+        test = read_rmd17(common.TEST)[: args.test]
         val = train[900:950]
         with tempfile.TemporaryDirectory() as tmp:
             for size in args.sizes:
                 for n in args.frames:
                     row = fit(size, n, args.minutes, train, val, test, Path(tmp) / f"{size}{n}")
                     print(row, flush=True)
-                    with (results / "learning_curve.jsonl").open("a") as f:
-                        f.write(json.dumps(row) + "\n")
-    write_outputs(results)
+                    common.record("learning_curve", row)
+    write_outputs()
 
 
 if __name__ == "__main__":

@@ -8,27 +8,23 @@ Appends to bench/results/md_speed.jsonl and rewrites md_speed.md.
 """
 
 import argparse
-import json
 import tempfile
 import time
 import warnings
-from datetime import UTC, datetime
 from pathlib import Path
 
+import common
 import torch
 from ase import units
 from ase.md.langevin import Langevin
 from ensemble_inference import nequip_calculators
 
-from sapis.campaign_report import markdown_table
-from sapis.config import ExploreConfig, TrainingConfig
 from sapis.io import read_rmd17
 from sapis.surrogate.ensemble import Ensemble
 from sapis.surrogate.ensemble_training import train_ensemble
 from sapis.surrogate.md import explore
+from sapis.surrogate.settings import ExploreConfig, TrainingConfig
 
-HERE = Path(__file__).parent
-DATA = HERE.parent.parent / "shared" / "data" / "rmd17"
 COLUMNS = [
     "date",
     "device",
@@ -56,7 +52,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["xs", "s"])
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    train = read_rmd17(DATA / "rmd17_malonaldehyde_train_01.npz")
+    train = read_rmd17(common.TRAIN)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     settings = ExploreConfig(
         temperatures=[300.0],
@@ -66,7 +62,6 @@ def main() -> None:
         check_bonds=False,
         min_distance=0.1,
     )
-    results = HERE / "results"
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             folder = Path(tmp) / size
@@ -82,7 +77,7 @@ def main() -> None:
                 rate = args.steps / (time.perf_counter() - t0)
                 single = single_model_rate(ensemble, train[0], args.steps)
                 row = {
-                    "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "date": common.timestamp(),
                     "device": device if device == "cpu" else torch.cuda.get_device_name(),
                     "size": size,
                     "threads": torch.get_num_threads(),
@@ -91,10 +86,8 @@ def main() -> None:
                     "ratio": round(single / rate, 2),
                 }
                 print(row)
-                with (results / "md_speed.jsonl").open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-    rows = [json.loads(line) for line in (results / "md_speed.jsonl").open()]
-    lines = [
+                common.record("md_speed", row)
+    intro = [
         "# MD exploration speed (9-atom malonaldehyde, Langevin, 0.5 fs)",
         "",
         "K=4: `sapis.surrogate.md.explore` with the ensemble-mean calculator (all "
@@ -103,8 +96,7 @@ def main() -> None:
         "rate / K=4 rate (4 would mean no saving from sharing the graph).",
         "",
     ]
-    lines += markdown_table(rows, COLUMNS)
-    (results / "md_speed.md").write_text("\n".join(lines) + "\n")
+    common.write_table("md_speed", intro, COLUMNS)
 
 
 if __name__ == "__main__":

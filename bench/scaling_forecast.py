@@ -13,21 +13,18 @@ Appends to bench/results/scaling_forecast.jsonl; rewrites scaling_forecast.md an
 """
 
 import argparse
-import json
 import tempfile
 import warnings
-from datetime import UTC, datetime
 from pathlib import Path
 
+import common
 import numpy as np
 from learning_curve import fit
 
-from sapis.campaign_report import markdown_table
+from sapis.campaign.report import markdown_table
 from sapis.io import read_rmd17
 from sapis.scaling.fits import fit as fit_law
 
-HERE = Path(__file__).parent
-DATA = HERE.parent.parent / "shared" / "data" / "rmd17"
 FREY_BETA = 0.26
 
 
@@ -40,8 +37,8 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=500)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    train = read_rmd17(DATA / "rmd17_malonaldehyde_train_01.npz")
-    test = read_rmd17(DATA / "rmd17_malonaldehyde_test_01.npz")[: args.test]
+    train = read_rmd17(common.TRAIN)
+    test = read_rmd17(common.TEST)[: args.test]
     val = train[-50:]
     pool = train[:-50]
     rng = np.random.default_rng(0)
@@ -84,7 +81,7 @@ def main() -> None:
                 }
             )
     result = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "date": common.timestamp(),
         "minutes per 25 frames": args.minutes_per_25,
         "fit": law.describe(),
         "params": law.params,
@@ -92,9 +89,7 @@ def main() -> None:
         "runs": runs,
         "forecasts": rows,
     }
-    results = HERE / "results"
-    with (results / "scaling_forecast.jsonl").open("a") as f:
-        f.write(json.dumps(result) + "\n")
+    common.record("scaling_forecast", result)
     lo, hi = law.intervals["beta"]
     lines = [
         "# Scaling-law forecast: rMD17 malonaldehyde",
@@ -119,14 +114,9 @@ def main() -> None:
             [r | {"test force MAE": round(1000 * r["test force MAE"], 1)} for r in runs]
         ),
     ]
-    (results / "scaling_forecast.md").write_text("\n".join(lines) + "\n")
+    common.write_markdown("scaling_forecast", lines)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.2), layout="constrained")
+    fig, ax = common.subplots(figsize=(6, 4.2), layout="constrained")
     grid = np.geomspace(min(args.fit) / 1.3, max(args.forecast) * 1.3, 80)
     for k, size in enumerate(args.sizes):
         mine = [r for r in runs if r["size"] == size]
@@ -139,7 +129,7 @@ def main() -> None:
     ax.set(xlabel="training frames N", ylabel="test force MAE (meV/Å)")
     ax.set_title("joint law fitted on N ≤ 200", fontsize=9)
     ax.legend(fontsize=8)
-    fig.savefig(results / "scaling_forecast.png", dpi=110)
+    common.save_figure(fig, "scaling_forecast")
     print("\n".join(lines))
 
 

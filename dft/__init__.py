@@ -1,8 +1,19 @@
-"""DFT labelling with PySCF: energies and forces in eV and eV/Å, an SCF fallback
-ladder, structure checks before any DFT, and Parsl execution on local workers or
-Slurm/PBS clusters."""
+"""Labelling structures: PySCF DFT with an SCF fallback ladder and a reference oracle
+behind one :class:`~sapis.dft.protocol.Labeller` interface, structure checks before any
+work, and Parsl execution on local workers or Slurm/PBS clusters."""
 
 from sapis.dft.checks import check_for_dft
-from sapis.dft.labeller import Attempt, LabelResult, label
+from sapis.dft.labeller import PySCFLabeller, label
+from sapis.dft.protocol import Labeller
+from sapis.dft.reference import ReferenceOracle
+from sapis.dft.settings import DFTSettings, Rung
 
-__all__ = ["Attempt", "LabelResult", "check_for_dft", "label"]
+__all__ = [
+    "DFTSettings",
+    "Labeller",
+    "PySCFLabeller",
+    "ReferenceOracle",
+    "Rung",
+    "check_for_dft",
+    "label",
+]

@@ -1,10 +1,11 @@
-"""Label every pending row of a dataset store through Parsl.
+"""Label every pending row of a dataset store with one labeller.
 
 Results are written to the store as each label completes, so a killed batch loses
 nothing that finished and a rerun labels only what is still pending. Labels that fail
-every rung are stored as ``failed`` with the reason; an app that dies for another reason
-(a lost worker after Parsl's retries, an unexpected error) leaves its row ``pending``
-for the next run and is reported.
+are stored as ``failed`` with the reason; an app that dies for another reason (a lost
+worker after Parsl's retries, an unexpected error) leaves its row ``pending`` for the
+next run and is reported. A labeller that is worth sending to workers (``remote``) runs
+one Parsl app per row; the others label in this process.
 """
 
 import contextlib
@@ -19,20 +20,22 @@ from ase import Atoms
 from parsl import python_app
 from parsl.dataflow.dflow import DataFlowKernel
 
-from sapis.config import DFTSettings, ExecutorConfig
-from sapis.dft.checks import check_for_dft
-from sapis.dft.executors import parsl_config
-from sapis.dft.labeller import LabelResult, label
+from sapis.dft.executors import ExecutorConfig, parsl_config
+from sapis.dft.protocol import Labeller
+from sapis.labels import LabelResult
 from sapis.store import DatasetStore, new_run_id
 
+OnResult = Callable[[int, LabelResult | None], None]
 
-def _label(atoms: Atoms, settings: DFTSettings, charge: int, multiplicity: int) -> LabelResult:
-    return label(atoms, settings, charge, multiplicity)
+
+def _label_one(labeller: Labeller, atoms: Atoms) -> LabelResult:
+    return labeller.label([atoms])[0]
 
 
 @dataclass
 class BatchSummary:
-    """What a batch did. ``errors`` maps row ids left pending to what went wrong."""
+    """What a batch did. ``errors`` maps row ids left pending to what went wrong;
+    ``label_seconds`` is the labels' own wall time (without waiting or transfer)."""
 
     run: str
     submitted: int = 0
@@ -42,19 +45,26 @@ class BatchSummary:
     seconds: float = 0.0
     label_seconds: float = 0.0
 
+    def add(self, result: LabelResult) -> None:
+        self.label_seconds += result.seconds
+        if result.converged:
+            self.labelled += 1
+        else:
+            self.failed += 1
+
 
 @contextlib.contextmanager
 def parsl_session(
-    executor: ExecutorConfig, threads: int, run_dir: str | Path
+    executor: ExecutorConfig, cores_per_label: int, run_dir: str | Path
 ) -> Iterator[DataFlowKernel]:
     """A private Parsl DataFlowKernel for many batches (a whole flow run), cleaned up on
-    exit: workers start once instead of once per batch."""
+    exit: workers start once instead of once per batch. Parsl's logs go to ``run_dir``."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     # Parsl logs everything at DEBUG into run_dir/parsl.log; keep it out of the console
     # handlers of whoever configured the root logger (Prefect does)
     logging.getLogger("parsl").propagate = False
-    dfk = DataFlowKernel(parsl_config(executor, threads, run_dir))
+    dfk = DataFlowKernel(parsl_config(executor, cores_per_label, run_dir))
     try:
         yield dfk
     finally:
@@ -63,55 +73,59 @@ def parsl_session(
 
 def label_pending(
     store: DatasetStore,
-    settings: DFTSettings,
-    executor: ExecutorConfig,
-    charge: int = 0,
-    multiplicity: int = 1,
-    run_dir: str | Path | None = None,
-    on_result: Callable[[int, LabelResult | None], None] | None = None,
+    labeller: Labeller,
+    executor: ExecutorConfig | None = None,
+    on_result: OnResult | None = None,
     dfk: DataFlowKernel | None = None,
 ) -> BatchSummary:
-    """Label the pending rows of ``store`` on ``executor``; returns a :class:`BatchSummary`.
+    """Label the pending rows of ``store`` with ``labeller``; returns a :class:`BatchSummary`.
 
-    ``on_result(row_id, result)`` is called after each row is written (``result`` None
-    when the app itself failed), e.g. to advance a progress bar. Every pending structure
-    is checked (:func:`~sapis.dft.checks.check_for_dft`) before any DFT starts. With
-    ``dfk`` (from :func:`parsl_session`) the labels run there; otherwise a DataFlowKernel
-    is started for this batch and cleaned up after it.
+    Every pending structure is checked by the labeller before any label starts (rows
+    stored earlier, by other commands, too). A ``remote`` labeller runs on ``dfk`` (from
+    :func:`parsl_session`), or on a DataFlowKernel started for this batch from
+    ``executor`` and cleaned up after it. ``on_result(row_id, result)`` is called after
+    each row is written (``result`` None when the app itself failed), e.g. to advance a
+    progress bar.
     """
     start = time.monotonic()
     summary = BatchSummary(run=new_run_id())
     todo = store.pending()
+    for row_id, atoms in todo:
+        labeller.check(atoms, f"{store.url} row {row_id}")
     if not todo:
         return summary
-    for row_id, atoms in todo:  # rows stored earlier, by other commands, are checked too
-        check_for_dft(atoms, charge, multiplicity, settings.basis, f"{store.url} row {row_id}")
-    with contextlib.ExitStack() as stack:
-        if dfk is None:
-            session = parsl_session(executor, settings.threads, run_dir or "runinfo")
-            dfk = stack.enter_context(session)
-        _run(store, todo, dfk, settings, charge, multiplicity, summary, on_result)
+    summary.submitted = len(todo)
+    if not labeller.remote:
+        for row_id, atoms in todo:
+            result = labeller.label([atoms])[0]
+            store.record(row_id, result, summary.run)
+            summary.add(result)
+            if on_result is not None:
+                on_result(row_id, result)
+    else:
+        with contextlib.ExitStack() as stack:
+            if dfk is None:
+                if executor is None or executor.run_dir is None:
+                    raise ValueError("give a running dfk, or an executor with its run_dir")
+                session = parsl_session(executor, labeller.cores, executor.run_dir)
+                dfk = stack.enter_context(session)
+            _run_apps(store, todo, dfk, labeller, summary, on_result)
     summary.seconds = time.monotonic() - start
     return summary
 
 
-def _run(store, todo, dfk, settings, charge, multiplicity, summary, on_result) -> None:
-    app = python_app(_label, data_flow_kernel=dfk)
-    futures = {app(atoms, settings, charge, multiplicity): rid for rid, atoms in todo}
-    summary.submitted = len(futures)
+def _run_apps(store, todo, dfk, labeller, summary, on_result) -> None:
+    app = python_app(_label_one, data_flow_kernel=dfk)
+    futures = {app(labeller, atoms): row_id for row_id, atoms in todo}
     for future in as_completed(futures):
-        rid = futures[future]
+        row_id = futures[future]
         try:
             result = future.result()
         except Exception as err:
-            summary.errors[rid] = f"{type(err).__name__}: {err}"
+            summary.errors[row_id] = f"{type(err).__name__}: {err}"
             result = None
         else:
-            store.record(rid, result, summary.run)
-            summary.label_seconds += result.seconds
-            if result.converged:
-                summary.labelled += 1
-            else:
-                summary.failed += 1
+            store.record(row_id, result, summary.run)
+            summary.add(result)
         if on_result is not None:
-            on_result(rid, result)
+            on_result(row_id, result)

@@ -6,15 +6,52 @@ workers get the virtual environment's ``bin/`` on PATH before ``worker_init`` ru
 Ready-to-edit cluster profiles are in ``deploy/parsl/``.
 """
 
+import re
 import sys
 from pathlib import Path
+from typing import Literal
 
 from parsl.config import Config
 from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor
 from parsl.launchers import MpiExecLauncher, SingleNodeLauncher, SrunLauncher
 from parsl.providers import LocalProvider, PBSProProvider, SlurmProvider
+from pydantic import Field, field_validator
 
-from sapis.config import ExecutorConfig
+from sapis.config import Strict
+
+_WALLTIME = re.compile(r"^\d+:\d{2}:\d{2}$")
+
+
+class ExecutorConfig(Strict):
+    """Where labels run (Parsl).
+
+    ``threads``: in-process threads (tests); ``local``: HighThroughputExecutor on this
+    machine; ``slurm`` / ``pbs``: batch jobs of ``nodes`` nodes each, at most
+    ``max_blocks`` at once, ``workers`` labels at once per node, ``walltime`` HH:MM:SS.
+    ``queue`` is the Slurm partition or PBS queue. ``worker_init`` runs before workers
+    start (module loads); the virtual environment's ``bin/`` is put on PATH for you.
+    ``run_dir`` is where Parsl writes its logs (a campaign file's default: ``runinfo/``
+    in the campaign folder).
+    """
+
+    profile: Literal["threads", "local", "slurm", "pbs"] = "local"
+    workers: int = Field(2, ge=1)
+    retries: int = Field(2, ge=0)
+    walltime: str = "01:00:00"
+    nodes: int = Field(1, ge=1)
+    max_blocks: int = Field(1, ge=1)
+    queue: str | None = None
+    account: str | None = None
+    scheduler_options: str = ""
+    worker_init: str = ""
+    run_dir: Path | None = None
+
+    @field_validator("walltime")
+    @classmethod
+    def _walltime(cls, value: str) -> str:
+        if not _WALLTIME.match(value):
+            raise ValueError(f"walltime must be HH:MM:SS, got {value!r}")
+        return value
 
 
 def worker_init(executor: ExecutorConfig) -> str:
@@ -70,36 +107,32 @@ def parsl_config(executor: ExecutorConfig, cores_per_label: int, run_dir: str | 
 
 def _provider(executor: ExecutorConfig, cores_per_label: int):
     init = worker_init(executor)
-    cores = executor.workers * cores_per_label
     if executor.profile == "local":
         return LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1, worker_init=init)
+    batch = {
+        "account": executor.account,
+        "nodes_per_block": executor.nodes,
+        "init_blocks": 1,
+        "min_blocks": 0,
+        "max_blocks": executor.max_blocks,
+        "walltime": executor.walltime,
+        "scheduler_options": executor.scheduler_options,
+        "worker_init": init,
+    }
+    cores = executor.workers * cores_per_label
     if executor.profile == "slurm":
         return SlurmProvider(
             partition=executor.queue,
-            account=executor.account,
-            nodes_per_block=executor.nodes,
             cores_per_node=cores,
-            init_blocks=1,
-            min_blocks=0,
-            max_blocks=executor.max_blocks,
-            walltime=executor.walltime,
-            scheduler_options=executor.scheduler_options,
-            worker_init=init,
             exclusive=False,
             launcher=SrunLauncher() if executor.nodes > 1 else SingleNodeLauncher(),
+            **batch,
         )
     if executor.profile == "pbs":
         return PBSProProvider(
             queue=executor.queue,
-            account=executor.account,
-            nodes_per_block=executor.nodes,
             cpus_per_node=cores,
-            init_blocks=1,
-            min_blocks=0,
-            max_blocks=executor.max_blocks,
-            walltime=executor.walltime,
-            scheduler_options=executor.scheduler_options,
-            worker_init=init,
             launcher=MpiExecLauncher() if executor.nodes > 1 else SingleNodeLauncher(),
+            **batch,
         )
     raise ValueError(f"unknown executor profile {executor.profile!r}")

@@ -3,48 +3,23 @@
 :func:`label` tries each rung of ``settings.ladder`` in turn until the SCF converges,
 then computes analytic forces. Every attempt is recorded. A structure that fails every
 rung (or runs past ``settings.time_limit``) comes back with ``converged=False`` and a
-reason, never with numbers that could be mistaken for data.
+reason, never with numbers that could be mistaken for data. :class:`PySCFLabeller` is
+the same behind the :class:`~sapis.dft.protocol.Labeller` interface.
 """
 
-import os
-import platform
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-import numpy as np
 from ase import Atoms
 
-from sapis.config import DFTSettings, Rung
+from sapis.dft.checks import check_for_dft
+from sapis.dft.settings import DFTSettings, Rung
+from sapis.labels import Attempt, LabelResult, base_provenance
 from sapis.units import gradient_to_forces, hartree_to_ev
 
-
-@dataclass
-class Attempt:
-    """One rung tried: SCF cycles, final energy (eV, None on error), wall time (s)."""
-
-    rung: str
-    converged: bool
-    cycles: int | None
-    energy: float | None
-    seconds: float
-    error: str | None = None
-
-
-@dataclass
-class LabelResult:
-    """Outcome of one label. ``energy`` in eV, ``forces`` in eV/Å (both None on failure)."""
-
-    converged: bool
-    energy: float | None
-    forces: np.ndarray | None
-    rung: str | None
-    attempts: list[Attempt]
-    seconds: float
-    reason: str | None
-    provenance: dict = field(default_factory=dict)
-
-    def attempts_as_dicts(self) -> list[dict]:
-        return [asdict(a) for a in self.attempts]
+#: Wall seconds of one label assumed before any is measured.
+SECONDS_PER_LABEL = 30.0
 
 
 class _TimeLimitReached(Exception):
@@ -128,14 +103,10 @@ def provenance(settings: DFTSettings, charge: int, multiplicity: int) -> dict:
     import pyscf
 
     return {
-        "program": "pyscf",
-        "version": pyscf.__version__,
+        **base_provenance("pyscf", pyscf.__version__, settings.level_of_theory),
         "method": "RKS" if multiplicity == 1 else "UKS",
-        "level": settings.level_of_theory,
         "charge": charge,
         "multiplicity": multiplicity,
-        "host": platform.node(),
-        "batch_job": os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID"),
         **settings.model_dump(exclude={"ladder"}),
     }
 
@@ -202,3 +173,32 @@ def _label(atoms: Atoms, settings: DFTSettings, charge: int, multiplicity: int) 
         )
         reason = f"SCF did not converge on any rung: {tried}"
     return LabelResult(False, None, None, None, attempts, time.monotonic() - start, reason, record)
+
+
+@dataclass
+class PySCFLabeller:
+    """PySCF DFT at ``settings``' level for structures of total ``charge`` (e) and spin
+    ``multiplicity`` (2S+1): a :class:`~sapis.dft.protocol.Labeller`."""
+
+    settings: DFTSettings
+    charge: int = 0
+    multiplicity: int = 1
+    remote: bool = True
+    seconds_per_label: float = SECONDS_PER_LABEL
+
+    @property
+    def level(self) -> str:
+        return self.settings.level_of_theory
+
+    @property
+    def cores(self) -> int:
+        return self.settings.threads
+
+    def check(self, atoms: Atoms, where: str = "structure") -> None:
+        check_for_dft(atoms, self.charge, self.multiplicity, self.settings.basis, where)
+
+    def label(self, images: Sequence[Atoms]) -> list[LabelResult]:
+        return [label(atoms, self.settings, self.charge, self.multiplicity) for atoms in images]
+
+    def pool(self) -> None:
+        return None

@@ -1,1 +1,2 @@
-"""Prefect flows: pretrain, refinement round, campaign (issue 4)."""
+"""Prefect flows: pretrain, refinement round and campaign (:mod:`sapis.flows.campaign`),
+their parameters, what a person sees of them, and deployments."""

@@ -2,7 +2,7 @@
 
 from prefect.deployments.runner import RunnerDeployment
 
-from sapis.campaign import CampaignFolder
+from sapis.campaign.folder import CampaignFolder
 from sapis.flows.campaign import campaign, refinement_round
 
 

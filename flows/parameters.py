@@ -24,6 +24,15 @@ class CampaignParameters(BaseModel):
     )
     round: RoundOverrides = Field(default_factory=RoundOverrides)
 
+    def overrides(self) -> dict:
+        """The campaign file's fields these parameters replace (nested sections)."""
+        out: dict = {}
+        if self.max_rounds is not None:
+            out["stop"] = {"max_rounds": self.max_rounds}
+        if self.policy is not None:
+            out["selection"] = {"policy": self.policy}
+        return out
+
 
 class RoundParameters(BaseModel):
     """One refinement round of an existing campaign, triggered by hand or on a schedule."""

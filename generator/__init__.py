@@ -1,1 +1,2 @@
-"""Equivariant diffusion generator with physical priors and validity filters (issue 6)."""
+"""An equivariant diffusion generator of one molecule's configurations, with physical
+priors in training and sampling, guidance by ensemble disagreement, and sample quality."""

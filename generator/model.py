@@ -15,11 +15,12 @@ import torch
 from ase import Atoms
 from ase.data import atomic_masses
 
-from sapis.config import GeneratorConfig
 from sapis.errors import InputError
 from sapis.generator.diffusion import Diffusion, Guide
 from sapis.generator.egnn import ScoreNetwork
 from sapis.generator.priors import PairRanges
+from sapis.generator.settings import GeneratorConfig
+from sapis.io import write_text_atomically
 from sapis.validity import bond_graph
 
 WEIGHTS, META = "generator.pt", "generator.json"
@@ -149,9 +150,7 @@ class Generator:
         tmp = folder / (WEIGHTS + ".tmp")
         torch.save({"weights": self.diffusion.net.state_dict(), "ema": self.ema}, tmp)
         tmp.replace(folder / WEIGHTS)
-        tmp = folder / (META + ".tmp")
-        tmp.write_text(json.dumps(self.meta, indent=1))
-        tmp.replace(folder / META)
+        write_text_atomically(folder / META, json.dumps(self.meta, indent=1))
         return folder
 
     @classmethod

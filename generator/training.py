@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from sapis.config import GeneratorConfig
 from sapis.errors import InputError
 from sapis.generator.model import META, Generator, molecule_frames
+from sapis.generator.settings import GeneratorConfig
 
 
 @dataclass

@@ -1,9 +1,12 @@
-"""Reading structures from files: anything ASE reads, plus rMD17-style ``.npz``.
+"""Reading and writing structures: anything ASE reads, plus rMD17-style ``.npz``.
 
 Labels that a file carries (energy, forces) come back on a ``SinglePointCalculator`` in
-eV and eV/Å; rMD17's kcal/mol are converted here, once.
+eV and eV/Å; rMD17's kcal/mol are converted here, once. What SAPIS-MD writes itself
+(candidates, records, manifests) is written atomically: a reader, or a resumed run, never
+sees half a file.
 """
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import ase.io
@@ -15,6 +18,41 @@ from sapis.errors import InputError
 from sapis.units import kcal_per_mol_to_ev
 
 RMD17_KEYS = ("nuclear_charges", "coords")
+
+
+def carries_labels(atoms: Atoms) -> bool:
+    """Whether ``atoms`` carries both an energy and forces (on its calculator)."""
+    calc = atoms.calc
+    return calc is not None and {"energy", "forces"} <= set(calc.results)
+
+
+def write_text_atomically(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def write_frames(path: str | Path, images: Sequence[Atoms]) -> Path:
+    """Write ``images`` to an extended XYZ file atomically (none: an empty file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    if images:
+        ase.io.write(tmp, list(images), format="extxyz")
+    else:
+        tmp.write_text("")
+    tmp.replace(path)
+    return path
+
+
+def read_frames(path: str | Path) -> list[Atoms]:
+    """The frames of a file :func:`write_frames` wrote (an empty file: none)."""
+    path = Path(path)
+    return ase.io.read(path, ":") if path.stat().st_size else []
 
 
 def read_structures(path: str | Path) -> list[Atoms]:

@@ -25,16 +25,31 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.db.row import AtomsRow, atoms2dict
 from ase_db_backends.postgresql import Connection as PostgresConnection
 from ase_db_backends.postgresql import PostgreSQLDatabase
+from pydantic import Field, model_validator
 
-from sapis.config import SplitConfig, is_url
-from sapis.dft.labeller import LabelResult
+from sapis.config import Strict, is_url
 from sapis.errors import InputError
+from sapis.io import carries_labels
+from sapis.labels import LabelResult
 from sapis.structures import structure_hash
 
 STATUSES = ("pending", "labelled", "failed")
 SPLITS = ("train", "val", "test")
 PROVENANCE_KEYS = ("source", "round", "temperature", "parent", "uncertainty")
 _DUPLICATE = (sqlite3.IntegrityError, psycopg2.IntegrityError)
+
+
+class SplitConfig(Strict):
+    """Fractions of new structures sent to the validation and test splits (by hash)."""
+
+    val: float = Field(0.1, ge=0.0, lt=1.0)
+    test: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "SplitConfig":
+        if self.val + self.test >= 1.0:
+            raise ValueError("val + test must leave something for train")
+        return self
 
 
 def new_run_id() -> str:
@@ -57,14 +72,6 @@ def split_for(structure_id: str, fractions: SplitConfig) -> str:
     if u < fractions.val + fractions.test:
         return "test"
     return "train"
-
-
-def _labels_of(atoms: Atoms) -> tuple[float, np.ndarray] | None:
-    """Energy (eV) and forces (eV/Å) that ``atoms`` carries, if it carries both."""
-    calc = atoms.calc
-    if calc is None or "energy" not in calc.results or "forces" not in calc.results:
-        return None
-    return float(calc.results["energy"]), np.asarray(calc.results["forces"], dtype=float)
 
 
 def _provenance(atoms: Atoms) -> dict:
@@ -201,15 +208,19 @@ class DatasetStore:
 
     def _new_row(self, atoms: Atoms, h: str, split: str, level: str | None) -> tuple:
         kvp = {"status": "pending", "split": split, **_provenance(atoms)}
-        labels = _labels_of(atoms)
         plain = Atoms(
             numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc
         )
-        if labels is not None:
+        if carries_labels(atoms):
             level = level or atoms.info.get("level")
             if not level:
                 raise InputError("labelled structures need a level of theory")
-            plain.calc = SinglePointCalculator(plain, energy=labels[0], forces=labels[1])
+            results = atoms.calc.results
+            plain.calc = SinglePointCalculator(
+                plain,
+                energy=float(results["energy"]),
+                forces=np.asarray(results["forces"], dtype=float),
+            )
             kvp.update(status="labelled", level=level)
         row = AtomsRow(atoms2dict(plain))
         row.unique_id, row.ctime, row.user = h, ase.db.core.now(), os.getenv("USER")
@@ -225,7 +236,7 @@ class DatasetStore:
         kvp.update(
             status="labelled" if result.converged else "failed",
             level=result.provenance.get("level", "unknown"),
-            program=f"pyscf-{result.provenance.get('version', '?')}",
+            program=result.program,
             label_seconds=round(result.seconds, 3),
             run=run,
         )
@@ -264,6 +275,12 @@ class DatasetStore:
         """(row id, structure) of every row still waiting for a label."""
         return [(r.id, r.toatoms()) for r in self.db.select(status="pending")]
 
+    def structures(self, include_failed: bool = False) -> list[Atoms]:
+        """Every stored structure, labelled or not (failed labels only if asked)."""
+        return [
+            r.toatoms() for r in self.db.select() if include_failed or r.get("status") != "failed"
+        ]
+
     def count(self, **selection) -> int:
         return self.db.count(**selection)
 
@@ -271,16 +288,36 @@ class DatasetStore:
         """Levels of theory of the labelled rows."""
         return {r.get("level", "unknown") for r in self.db.select(status="labelled")}
 
-    def labelled(self, split: str | None = None) -> list[Atoms]:
+    def labelled(self, split: str | None = None, level: str | None = None) -> list[Atoms]:
         """Labelled structures (energy in eV, forces in eV/Å on a SinglePointCalculator),
-        with their key-value pairs and ``hash`` in ``atoms.info``."""
+        of one ``split`` and one ``level`` of theory when given, with their key-value
+        pairs and ``hash`` in ``atoms.info``."""
         selection = {"status": "labelled"} | ({"split": split} if split else {})
+        selection |= {"level": level} if level else {}
         images = []
         for r in self.db.select(**selection):
             atoms = r.toatoms()
             atoms.info.update(r.key_value_pairs, hash=r.unique_id)
             images.append(atoms)
         return images
+
+    def label_seconds(self, round_: int | None = None, up_to_round: int | None = None) -> dict:
+        """DFT wall time of the labels: ``{"labelled": n, "failed": n, "seconds": [...]}``
+        with one entry per row that recorded a time (labelled or failed), of round
+        ``round_`` only or of rounds up to ``up_to_round``, else of every row."""
+        out: dict = {"labelled": 0, "failed": 0, "seconds": []}
+        for r in self.db.select(include_data=False):
+            k = r.get("round", 0) or 0
+            if (round_ is not None and k != round_) or (
+                up_to_round is not None and k > up_to_round
+            ):
+                continue
+            status = r.get("status")
+            if status in ("labelled", "failed"):
+                out[status] += 1
+            if r.get("label_seconds") is not None:
+                out["seconds"].append(float(r.get("label_seconds")))
+        return out
 
     def export(self, path: str | Path, split: str | None = None) -> int:
         """Write labelled rows to an extended XYZ file; returns how many."""

@@ -1,1 +1,2 @@
-"""Neural scaling-law fits and grow-data / grow-model decisions (issue 5)."""
+"""Neural scaling laws: power-law fits with bootstrap intervals, probe plans, and the
+grow-data / grow-model / stop decision."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sapis.io import write_text_atomically
 from sapis.scaling.fits import FORMS, InsufficientData, PowerLawFit, fit
 
 POINTS = "points.jsonl"
@@ -67,9 +68,8 @@ def add_points(folder: str | Path, points: list[ScalingPoint]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     new = {p.source for p in points}
     kept = [p for p in load_points(folder) if p.source not in new]
-    tmp = folder / (POINTS + ".tmp")
-    tmp.write_text("".join(json.dumps(asdict(p)) + "\n" for p in [*kept, *points]))
-    tmp.replace(folder / POINTS)
+    text = "".join(json.dumps(asdict(p)) + "\n" for p in [*kept, *points])
+    write_text_atomically(folder / POINTS, text)
 
 
 def fit_points(points: list[ScalingPoint], bootstrap: int = 100) -> dict[str, PowerLawFit | str]:

@@ -1,2 +1,2 @@
-"""NequIP models, training, ensembles with calibrated uncertainty, ASE calculator and
-MD exploration (issue 3)."""
+"""The surrogate: NequIP models of named sizes, their training, ensembles with calibrated
+uncertainty, an ASE calculator, and MD exploration on the ensemble-mean potential."""

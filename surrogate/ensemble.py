@@ -5,7 +5,6 @@ member (``member-0/best.ckpt`` …). Prediction builds each structure's graph on
 every member on whole batches of structures.
 """
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from sapis.errors import InputError
 from sapis.surrogate.calibration import Calibration
-
-MANIFEST = "ensemble.json"
+from sapis.surrogate.manifest import EnsembleManifest
 
 
 @dataclass
@@ -76,16 +74,16 @@ class Prediction:
 class Ensemble:
     """K trained NequIP models that predict together."""
 
-    def __init__(self, models: list, manifest: dict, folder: Path, device: str) -> None:
+    def __init__(self, models: list, manifest: EnsembleManifest, folder: Path, device: str) -> None:
         from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
 
         self.models = models
         self.manifest = manifest
         self.folder = folder
         self.device = device
-        self.type_names: list[str] = manifest["type_names"]
-        self.r_max: float = manifest["r_max"]
-        self.calibration = Calibration.from_dict(manifest.get("calibration") or {})
+        self.type_names: list[str] = manifest.type_names
+        self.r_max: float = manifest.r_max
+        self.calibration = Calibration.from_dict(manifest.calibration or {})
         self.transforms = [
             ChemicalSpeciesToAtomTypeMapper(
                 model_type_names=self.type_names,
@@ -105,24 +103,21 @@ class Ensemble:
         from sapis.surrogate.training import pick_device
 
         folder = Path(folder).resolve()
-        manifest_path = folder / MANIFEST
-        if not manifest_path.is_file():
-            raise InputError(f"{folder}: not an ensemble folder (no {MANIFEST})")
-        manifest = json.loads(manifest_path.read_text())
+        manifest = EnsembleManifest.read(folder)
         device = device or pick_device()
         set_global_state(allow_tf32=False)
         models = []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for member in manifest["members"]:
-                path = folder / member["checkpoint"]
+            for path in manifest.checkpoints(folder):
                 if not path.is_file():
                     raise InputError(f"{folder}: member checkpoint {path} is missing")
                 models.append(load_saved_model(str(path)).eval().to(device))
         return cls(models, manifest, folder, device)
 
     @property
-    def size(self) -> int:
+    def member_count(self) -> int:
+        """K, the number of members."""
         return len(self.models)
 
     def check(self, images: Sequence[Atoms]) -> None:
@@ -155,9 +150,9 @@ class Ensemble:
         images = list(images)
         self.check(images)
         if not images:
-            return Prediction(np.zeros((self.size, 0)), [], self.calibration)
-        energies = np.zeros((self.size, len(images)))
-        forces = [np.zeros((self.size, len(a), 3)) for a in images]
+            return Prediction(np.zeros((self.member_count, 0)), [], self.calibration)
+        energies = np.zeros((self.member_count, len(images)))
+        forces = [np.zeros((self.member_count, len(a), 3)) for a in images]
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
             batch = AtomicDataDict.batched_from_list(self.graphs(chunk))
@@ -171,10 +166,3 @@ class Ensemble:
                 for j in range(len(chunk)):
                     forces[start + j][k] = f[bounds[j] : bounds[j + 1]]
         return Prediction(energies, forces, self.calibration)
-
-
-def write_manifest(folder: Path, manifest: dict) -> None:
-    """Write ``ensemble.json`` atomically (a reader never sees half a file)."""
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(folder / MANIFEST)

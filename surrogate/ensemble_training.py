@@ -5,7 +5,6 @@ Fine-tuning warm-starts member k from member k of a parent ensemble on the grown
 asking for a different size than the parent's trains that size from scratch instead.
 """
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -16,11 +15,11 @@ import ase.io
 import numpy as np
 from ase import Atoms
 
-from sapis.config import TrainingConfig
-from sapis.errors import InputError
 from sapis.surrogate.calibration import Calibration, fit_calibration, plot_calibration
-from sapis.surrogate.ensemble import MANIFEST, Ensemble, write_manifest
+from sapis.surrogate.ensemble import Ensemble
+from sapis.surrogate.manifest import EnsembleManifest, Member
 from sapis.surrogate.model import type_names_of
+from sapis.surrogate.settings import TrainingConfig
 from sapis.surrogate.training import TrainRecord, check_training_data, train_member
 
 
@@ -43,25 +42,16 @@ def mpi_world():
     return (comm, comm.Get_rank(), comm.Get_size()) if comm.Get_size() > 1 else None
 
 
-def parent_members(parent: str | Path) -> tuple[dict, list[Path]]:
-    """Manifest and member checkpoints of a parent ensemble folder."""
-    parent = Path(parent).resolve()
-    path = parent / MANIFEST
-    if not path.is_file():
-        raise InputError(f"--from {parent}: not an ensemble folder (no {MANIFEST})")
-    manifest = json.loads(path.read_text())
-    return manifest, [parent / m["checkpoint"] for m in manifest["members"]]
-
-
 def _plan(training: TrainingConfig, members: int, parent: str | Path | None, size: str | None):
     """Per member: (seed, parent checkpoint or None); and the size trained."""
     seeds = [training.seed + 1000 * k for k in range(members)]
     if parent is None:
         return [(s, None) for s in seeds], size or training.size
-    manifest, checkpoints = parent_members(parent)
-    if size is not None and size != manifest["size"]:
+    manifest = EnsembleManifest.read(parent)
+    if size is not None and size != manifest.size:
         return [(s, None) for s in seeds], size  # a bigger (or smaller) model from scratch
-    return [(s, checkpoints[k % len(checkpoints)]) for k, s in enumerate(seeds)], manifest["size"]
+    checkpoints = manifest.checkpoints(parent)
+    return [(s, checkpoints[k % len(checkpoints)]) for k, s in enumerate(seeds)], manifest.size
 
 
 def _member_data(train: Sequence[Atoms], training: TrainingConfig, seed: int) -> list[Atoms]:
@@ -77,11 +67,9 @@ def _train_one(
     seed: int,
     parent: str | None,
     size: str,
-    progress: bool,
+    progress: bool = False,
 ) -> dict:
     """Train member ``member`` from files (the form a Parsl app or an MPI rank gets)."""
-    from sapis.config import TrainingConfig
-
     training = TrainingConfig.model_validate_json(training_json)
     record = train_member(
         ase.io.read(train_file, ":", parallel=False),
@@ -108,7 +96,7 @@ def train_ensemble(
     parsl_config=None,
     progress: bool = True,
     on_member=None,
-) -> dict | None:
+) -> EnsembleManifest | None:
     """Train and calibrate an ensemble in ``folder``; returns its manifest.
 
     Members run one after another, or one per rank when started under ``mpiexec`` (rank 0
@@ -122,106 +110,97 @@ def train_ensemble(
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     world = mpi_world()
-    inputs = []
+    ase.io.write(folder / "val.xyz", list(val), format="extxyz", parallel=False)
+    job = training.model_dump_json()
+    jobs = []  # the arguments of _train_one, one tuple per member
     for k, (seed, ckpt) in enumerate(plan):
         member_dir = folder / f"member-{k}"
         member_dir.mkdir(exist_ok=True)
-        data = _member_data(train, training, seed)
         if world is None or world[1] == k % world[2]:
+            data = _member_data(train, training, seed)
             ase.io.write(member_dir / "bootstrap.xyz", data, format="extxyz", parallel=False)
-        inputs.append((member_dir, seed, ckpt))
-    ase.io.write(folder / "val.xyz", list(val), format="extxyz", parallel=False)
-    val_file = str(folder / "val.xyz")
-    job = training.model_dump_json()
-    records: list[dict] = []
-    if parsl_config is not None:
-        records = _train_with_parsl(inputs, val_file, job, size, parsl_config, on_member)
-    elif world is not None:
-        comm, rank, ranks = world
-        import torch
-
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks))
-        try:
-            mine = [
-                _train_one(
-                    str(d / "bootstrap.xyz"),
-                    val_file,
-                    str(d),
-                    job,
-                    k,
-                    seed,
-                    str(c) if c else None,
-                    size,
-                    progress and rank == 0,
-                )
-                for k, (d, seed, c) in enumerate(inputs)
-                if k % ranks == rank
-            ]
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-            comm.Abort(1)  # the other ranks would wait for this one forever
-        gathered = comm.gather(mine, root=0)
-        if rank != 0:
-            comm.Barrier()
-            return None
-        records = sorted((r for part in gathered for r in part), key=lambda r: r["member"])
-        if on_member:
-            for r in records:
-                on_member(TrainRecord(**r))
-    else:
-        for k, (d, seed, c) in enumerate(inputs):
-            record = train_member(
-                _member_data(train, training, seed),
-                val,
-                d,
-                training,
-                member=k,
-                seed=seed,
-                parent=c,
-                size=size,
-                progress=progress,
+        jobs.append(
+            (
+                str(member_dir / "bootstrap.xyz"),
+                str(folder / "val.xyz"),
+                str(member_dir),
+                job,
+                k,
+                seed,
+                str(ckpt) if ckpt else None,
+                size,
             )
-            records.append(record.__dict__)
+        )
+    if parsl_config is not None:
+        records = _train_with_parsl(jobs, parsl_config, on_member)
+    elif world is not None:
+        records = _train_on_ranks(jobs, world, progress, on_member)
+        if records is None:
+            return None
+    else:
+        records = []
+        for args in jobs:
+            records.append(_train_one(*args, progress=progress))
             if on_member:
-                on_member(record)
-    manifest = {
-        "size": size,
-        "type_names": type_names_of(train),
-        "r_max": training.r_max,
-        "dtype": training.dtype,
-        "members": [
-            {
-                "checkpoint": f"member-{r['member']}/best.ckpt",
-                "seed": r["seed"],
-                "parent": r["parent"],
-                "parameters": r["parameters"],
-                "val_force_mae": r["val_force_mae"],
-                "val_energy_mae": r["val_energy_mae"],
-                "wall_seconds": r["wall_seconds"],
-                "steps": r["steps"],
-                "flops": r["flops"],
-            }
+                on_member(TrainRecord(**records[-1]))
+    manifest = EnsembleManifest(
+        size=size,
+        type_names=type_names_of(train),
+        r_max=training.r_max,
+        dtype=training.dtype,
+        members=[
+            Member(
+                checkpoint=f"member-{r['member']}/best.ckpt",
+                **{k: r[k] for k in ("seed", "parent", "parameters", "steps", "flops")},
+                **{k: r[k] for k in ("val_force_mae", "val_energy_mae", "wall_seconds")},
+            )
             for r in records
         ],
-        "n_train": len(train),
-        "n_val": len(val),
-        "training": json.loads(job),
-        "parent": str(Path(parent).resolve()) if parent is not None else None,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "wall_seconds": round(time.perf_counter() - started, 2),
-        "calibration": None,
-    }
-    write_manifest(folder, manifest)
-    manifest["calibration"] = calibrate(folder, val).to_dict()
-    write_manifest(folder, manifest)
+        n_train=len(train),
+        n_val=len(val),
+        training=training.model_dump(mode="json"),
+        parent=str(Path(parent).resolve()) if parent is not None else None,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        wall_seconds=round(time.perf_counter() - started, 2),
+    )
+    manifest.write(folder)
+    manifest.calibration = calibrate(folder, val).to_dict()
+    manifest.write(folder)
     if world is not None:
         world[0].Barrier()
     return manifest
 
 
-def _train_with_parsl(inputs, val_file, job, size, parsl_config, on_member) -> list[dict]:
+def _train_on_ranks(jobs: list[tuple], world, progress: bool, on_member) -> list[dict] | None:
+    """Each rank trains the members ``k`` with ``k % ranks == rank``; rank 0 gathers the
+    records (the other ranks get None)."""
+    import torch
+
+    comm, rank, ranks = world
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks))
+    try:
+        mine = [
+            _train_one(*args, progress=progress and rank == 0)
+            for k, args in enumerate(jobs)
+            if k % ranks == rank
+        ]
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        comm.Abort(1)  # the other ranks would wait for this one forever
+    gathered = comm.gather(mine, root=0)
+    if rank != 0:
+        comm.Barrier()
+        return None
+    records = sorted((r for part in gathered for r in part), key=lambda r: r["member"])
+    if on_member:
+        for r in records:
+            on_member(TrainRecord(**r))
+    return records
+
+
+def _train_with_parsl(jobs: list[tuple], parsl_config, on_member) -> list[dict]:
     """Each member as a Parsl python app on a private DataFlowKernel."""
     from parsl import python_app
     from parsl.dataflow.dflow import DataFlowKernel
@@ -229,20 +208,7 @@ def _train_with_parsl(inputs, val_file, job, size, parsl_config, on_member) -> l
     dfk = DataFlowKernel(config=parsl_config)
     try:
         app = python_app(_train_one, data_flow_kernel=dfk)
-        futures = [
-            app(
-                str(d / "bootstrap.xyz"),
-                val_file,
-                str(d),
-                job,
-                k,
-                seed,
-                str(c) if c else None,
-                size,
-                False,
-            )
-            for k, (d, seed, c) in enumerate(inputs)
-        ]
+        futures = [app(*args, progress=False) for args in jobs]
         records = []
         for future in futures:
             record = future.result()
@@ -258,7 +224,7 @@ def calibrate(folder: str | Path, val: Sequence[Atoms]):
     """Fit the spread-to-error map of the ensemble in ``folder`` on ``val`` and plot it
     (``calibration.png``). A single model gets the identity map."""
     ensemble = Ensemble.load(folder)
-    if ensemble.size < 2:  # one model has no spread to calibrate
+    if ensemble.member_count < 2:  # one model has no spread to calibrate
         return Calibration()
     pred = ensemble.predict(val)
     spread = [pred.force_std(i) for i in range(len(val))]

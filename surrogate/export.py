@@ -7,12 +7,10 @@ LAMMPS or the ``NequIPCalculator``), or as a model builder in a nequip training 
 
 import contextlib
 import io
-import json
 import logging
 from pathlib import Path
 
-from sapis.errors import InputError
-from sapis.surrogate.ensemble import MANIFEST, write_manifest
+from sapis.surrogate.manifest import EnsembleManifest
 
 
 def package_members(folder: str | Path) -> list[Path]:
@@ -27,13 +25,9 @@ def package_members(folder: str | Path) -> list[Path]:
     root.setLevel(level)
 
     folder = Path(folder).resolve()
-    manifest_path = folder / MANIFEST
-    if not manifest_path.is_file():
-        raise InputError(f"{folder}: not an ensemble folder (no {MANIFEST})")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = EnsembleManifest.read(folder)
     written = []
-    for member in manifest["members"]:
-        checkpoint = folder / member["checkpoint"]
+    for member, checkpoint in zip(manifest.members, manifest.checkpoints(folder)):
         target = checkpoint.parent / "model.nequip.zip"
         logging.disable(logging.INFO)  # nequip logs every loading step at INFO
         try:
@@ -41,7 +35,7 @@ def package_members(folder: str | Path) -> list[Path]:
                 nequip_package(["build", str(checkpoint), str(target)])
         finally:
             logging.disable(logging.NOTSET)
-        member["package"] = str(target.relative_to(folder))
+        member.package = str(target.relative_to(folder))
         written.append(target)
-    write_manifest(folder, manifest)
+    manifest.write(folder)
     return written

@@ -16,11 +16,11 @@ from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 from ase.parallel import DummyMPI
 
-from sapis.config import ExploreConfig
 from sapis.errors import InputError
 from sapis.structures import structure_hash
 from sapis.surrogate.calculator import EnsembleCalculator
 from sapis.surrogate.ensemble import Ensemble
+from sapis.surrogate.settings import ExploreConfig
 from sapis.validity import ValidityFilter, invalid_reason
 
 SOLO = DummyMPI()

@@ -12,8 +12,9 @@ from ase import Atoms
 from ase.data import atomic_numbers
 from ase.neighborlist import neighbor_list
 
-from sapis.config import SIZES, TrainingConfig
 from sapis.errors import InputError
+from sapis.surrogate.settings import TrainingConfig
+from sapis.surrogate.sizes import SIZES
 
 BUILDER = "nequip.model.NequIPGNNModel"
 

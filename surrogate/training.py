@@ -20,9 +20,10 @@ import ase.io
 import numpy as np
 from ase import Atoms
 
-from sapis.config import TrainingConfig
 from sapis.errors import InputError
+from sapis.io import carries_labels, write_text_atomically
 from sapis.surrogate.model import model_config, parameter_count, type_names_of
+from sapis.surrogate.settings import TrainingConfig
 
 MONITOR = "val0_epoch/weighted_sum"
 RECORD = "record.json"
@@ -56,7 +57,7 @@ class TrainRecord:
     history: list[dict] = field(default_factory=list)
 
     def save(self, folder: Path) -> None:
-        (folder / RECORD).write_text(json.dumps(asdict(self), indent=1))
+        write_text_atomically(folder / RECORD, json.dumps(asdict(self), indent=1))
 
     @classmethod
     def load(cls, folder: str | Path) -> "TrainRecord":
@@ -71,8 +72,7 @@ def check_training_data(train: Sequence[Atoms], val: Sequence[Atoms]) -> None:
         raise InputError("need at least 1 labelled validation structure (split 'val')")
     for name, images in (("train", train), ("val", val)):
         for i, atoms in enumerate(images):
-            calc = atoms.calc
-            if calc is None or "energy" not in calc.results or "forces" not in calc.results:
+            if not carries_labels(atoms):
                 raise InputError(f"{name} structure {i} has no energy and forces")
     unknown = set(type_names_of(val)) - set(type_names_of(train))
     if unknown:

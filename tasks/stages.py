@@ -1,45 +1,68 @@
-"""The stages of a round as Prefect tasks over :mod:`sapis.campaign`."""
+"""The stages of a round as Prefect tasks over :mod:`sapis.campaign`.
+
+Each task takes the flow run's :class:`~sapis.tasks.session.Session` (the campaign and
+its Parsl) and small values, and returns small records; the heavy data stays in the
+store and the campaign folder. Tasks carry no Prefect cache (``cache_policy=NONE``):
+resuming is the campaign folder's job, which knows which stage's output exists.
+"""
 
 from pathlib import Path
 
+from ase import Atoms
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NONE
 
-from sapis import campaign
-from sapis.campaign import CampaignFolder
-from sapis.config import CampaignConfig
-from sapis.rounds import RoundRecord
-from sapis.selection import Selection
-from sapis.store import DatasetStore
-from sapis.tasks.parsl_session import active_dfk
+from sapis.campaign.evaluation import evaluate_round
+from sapis.campaign.exploration import explore_round
+from sapis.campaign.generation import generate_round
+from sapis.campaign.pretraining import store_pretraining_data
+from sapis.campaign.round_selection import select_round
+from sapis.campaign.rounds import RoundRecord
+from sapis.campaign.scaling import scaling_step
+from sapis.campaign.selection import Selection
+from sapis.campaign.training import train_round
+from sapis.tasks.session import Session
 
 
 @task(name="store-pretraining-data", cache_policy=NONE)
-def store_pretraining_data(config: CampaignConfig) -> dict:
-    """Import the labelled file and store the displaced seeds as pending (round 0)."""
-    labelled, to_label = campaign.pretraining_structures(config)
-    store = DatasetStore(config.database)
-    level = config.pretrain.labelled_level or campaign.level_of(config)
-    imported = store.add(labelled, fractions=config.split, level=level) if labelled else None
-    pending = store.add(to_label, fractions=config.split)
-    return {
-        "imported": len(imported.added) if imported else 0,
-        "new_pending": len(pending.added),
-        "already_stored": pending.duplicates + (imported.duplicates if imported else 0),
-    }
+def store_pretraining(session: Session) -> dict:
+    """Import the labelled file and store the structures to label (round 0) as pending."""
+    return store_pretraining_data(session.campaign)
 
 
-@task(name="label-batch", cache_policy=NONE)
-def label_batch(config: CampaignConfig, round_: int) -> dict:
-    """Label every pending row (DFT through the flow run's Parsl, or the oracle), with a
-    progress artifact; rows whose app died stay pending and fail the task."""
-    from sapis.dft.batch import label_pending
+@task(name="explore", cache_policy=NONE)
+def explore_with_surrogate(
+    session: Session, ensemble: Path, round_: int, temperatures: list[float] | None = None
+) -> tuple[list[Atoms], dict]:
+    """Surrogate MD (or the labeller's pool) scored by ``ensemble``."""
+    return explore_round(session.campaign, ensemble, round_, temperatures)
 
-    store = DatasetStore(config.database)
-    total = store.count(status="pending")
+
+@task(name="generate", cache_policy=NONE)
+def propose_with_generator(
+    session: Session, ensemble: Path, round_: int, md_frames: list[Atoms]
+) -> tuple[list[Atoms], dict]:
+    """The diffusion generator's valid proposals, scored by ``ensemble`` (none when off)."""
+    return generate_round(session.campaign, ensemble, round_, md_frames)
+
+
+@task(name="select", cache_policy=NONE)
+def select_for_labelling(
+    session: Session, candidates: list[Atoms], round_: int, labels: int
+) -> Selection:
+    """Trust window, diversity, budget; the chosen structures stored as pending."""
+    return select_round(session.campaign, candidates, round_, labels)
+
+
+@task(name="label", cache_policy=NONE)
+def label_pending_rows(session: Session, round_: int) -> dict:
+    """Label every pending row (on the session's Parsl when the labeller is remote), with
+    a progress artifact; rows whose app died stay pending and fail the task."""
+    campaign = session.campaign
+    total = campaign.store.count(status="pending")
     if total == 0:
-        return {"labelled": 0, "failed": 0, "dft_seconds": 0.0}
+        return {"labelled": 0, "failed": 0}
     progress = create_progress_artifact(
         0.0, key=f"labels-round-{round_}", description=f"round {round_}: {total} labels"
     )
@@ -50,98 +73,39 @@ def label_batch(config: CampaignConfig, round_: int) -> dict:
         done += 1
         update_progress_artifact(progress, 100.0 * done / total)
 
-    if config.oracle is not None:
-        out = campaign.label_with_oracle(store, config.oracle, advance)
-        return {"labelled": out["labelled"], "failed": 0, "dft_seconds": 0.0}
-    summary = label_pending(
-        store,
-        config.dft,
-        config.executor,
-        config.system.charge,
-        config.system.multiplicity,
-        run_dir=config.executor.run_dir or Path(config.folder) / "runinfo",
-        on_result=advance,
-        dfk=active_dfk(),
-    )
+    summary = campaign.label_pending(session.dfk, advance)
     if summary.errors:
         raise RuntimeError(
             f"{len(summary.errors)} labels did not run and stay pending (rerun to retry): "
             + "; ".join(f"row {k}: {v}" for k, v in list(summary.errors.items())[:3])
         )
-    return {
-        "labelled": summary.labelled,
-        "failed": summary.failed,
-        "dft_seconds": summary.label_seconds * config.dft.threads,
-    }
+    return {"labelled": summary.labelled, "failed": summary.failed}
 
 
 @task(name="train-ensemble", cache_policy=NONE)
-def train_ensemble(
-    config: CampaignConfig,
-    folder: CampaignFolder,
-    round_: int,
-    parent: Path | None,
-    size: str | None = None,
+def train_round_ensemble(
+    session: Session, round_: int, parent: Path | None, size: str | None = None
 ) -> Path:
-    """Train round ``round_``'s ensemble unless it is done: fine-tuned from ``parent``, or
-    from scratch at ``size`` when that differs from the parent's."""
-    store = DatasetStore(config.database)
-    return campaign.train_round(config, folder, store, round_, parent, size)
-
-
-@task(name="scaling", cache_policy=NONE)
-def scaling(config: CampaignConfig, folder: CampaignFolder, round_: int, size: str) -> dict:
-    """Record the round's training, fit the scaling laws (probing when points are
-    lacking), and decide what the next round buys."""
-    from sapis.campaign_scaling import scaling_step
-
-    return scaling_step(config, folder, round_, size)
-
-
-@task(name="explore", cache_policy=NONE)
-def explore(
-    config: CampaignConfig,
-    folder: CampaignFolder,
-    ensemble: Path,
-    round_: int,
-    temperatures: list[float] | None = None,
-) -> tuple[Path, dict]:
-    """Surrogate MD (or the oracle's pool) predicted by ``ensemble``: candidates file."""
-    return campaign.explore_round(config, folder, ensemble, round_, temperatures)
-
-
-@task(name="select", cache_policy=NONE)
-def select(
-    config: CampaignConfig,
-    folder: CampaignFolder,
-    explored: Path,
-    round_: int,
-    labels: int | None = None,
-) -> Selection:
-    """Trust window, diversity, budget; the chosen structures stored as pending."""
-    store = DatasetStore(config.database)
-    return campaign.select_round(config, folder, store, explored, round_, labels)
+    """Round ``round_``'s ensemble unless it is done: fine-tuned from ``parent``, or from
+    scratch at ``size`` when that differs from the parent's."""
+    return train_round(session.campaign, round_, parent, size)
 
 
 @task(name="evaluate", cache_policy=NONE)
-def evaluate(config: CampaignConfig, folder: CampaignFolder, ensemble: Path, round_: int) -> dict:
+def evaluate_on_test_set(session: Session, ensemble: Path, round_: int) -> dict:
     """Test errors of the round's ensemble, and its parity plot."""
-    from sapis.campaign_report import plot_parity
+    return evaluate_round(session.campaign, ensemble, round_)
 
-    store = DatasetStore(config.database)
-    out = campaign.evaluate(ensemble, campaign.evaluation_set(config, store))
-    parity = out.pop("parity", None)
-    if parity is not None:
-        plot_parity(
-            *parity,
-            folder.round_dir(round_) / "parity.png",
-            title=f"round {round_}: ensemble mean on {out['n']} test structures",
-        )
-    return out
+
+@task(name="scaling", cache_policy=NONE)
+def decide_by_scaling_laws(session: Session, round_: int, size: str) -> dict:
+    """Record the round's training, fit the scaling laws (probing when points are
+    lacking), and decide what the next round buys."""
+    return scaling_step(session.campaign, round_, size)
 
 
 @task(name="record-round", cache_policy=NONE)
-def record_round(folder: CampaignFolder, record: RoundRecord) -> RoundRecord:
+def record_round(session: Session, record: RoundRecord) -> RoundRecord:
     """Write the round's record: from now on the round counts as finished."""
-    record.save(folder.record_path(record.round))
+    record.save(session.campaign.folder.record_path(record.round))
     return record

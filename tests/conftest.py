@@ -12,15 +12,17 @@ from ase.build import molecule
 
 sys.path.insert(0, str(Path(__file__).parent / "services"))
 
-from sapis.config import DFTSettings
+from sapis.dft.settings import DFTSettings
 
 # Prefect: a home of this test session's own (its database, its profile), no analytics.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="sapis-prefect-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+# a temporary server started by a `sapis` subprocess may take long on a busy machine
+os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
 os.environ.pop("PREFECT_API_URL", None)
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "rmd17"
+DATA = REPO / "data" / "rmd17"
 IN_CI = bool(os.environ.get("CI"))
 
 
@@ -99,8 +101,8 @@ def malonaldehyde():
 def tiny_ensemble(tmp_path_factory, malonaldehyde):
     """Two float64 members of the smallest size after two epochs on 10 frames: enough for
     symmetry, batching, export and MD plumbing (any weights must be equivariant)."""
-    from sapis.config import TrainingConfig
     from sapis.surrogate.ensemble_training import train_ensemble
+    from sapis.surrogate.settings import TrainingConfig
 
     train, _ = malonaldehyde
     folder = tmp_path_factory.mktemp("tiny") / "ensemble"
@@ -113,8 +115,8 @@ def tiny_ensemble(tmp_path_factory, malonaldehyde):
 def trained_ensemble(tmp_path_factory, malonaldehyde):
     """Three members of the smallest size, each trained for a minute on its bootstrap of 100
     frames, early-stopped on 30 others: the accuracy and uncertainty tests share it."""
-    from sapis.config import TrainingConfig
     from sapis.surrogate.ensemble_training import train_ensemble
+    from sapis.surrogate.settings import TrainingConfig
 
     train, _ = malonaldehyde
     folder = tmp_path_factory.mktemp("trained") / "ensemble"

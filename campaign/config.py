@@ -1,0 +1,159 @@
+"""The campaign file: one YAML file whose sections are the libraries' own settings.
+
+Example::
+
+    system: {structures: seeds.xyz, charge: 0, multiplicity: 1}
+    dft: {xc: PBE, basis: def2-svp, density_fit: true, conv_tol: 1.0e-9, threads: 1}
+    executor: {profile: local, workers: 2}   # threads | local | slurm | pbs
+    database: runs/demo/data.db              # SQLite path or postgresql:// URL
+
+Relative paths are resolved against the folder of the YAML file. Any unknown or wrong
+field is an :class:`~sapis.errors.InputError` naming it, raised before anything starts.
+The sections ``dft``, ``executor``, ``training``, ``explore``, ``generator``, ``scaling``
+and ``split`` belong to the libraries that read them; the rest are the campaign's own.
+"""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from sapis.config import Strict, is_url, read_yaml, resolve, validate
+from sapis.dft.executors import ExecutorConfig
+from sapis.dft.settings import DFTSettings
+from sapis.errors import InputError
+from sapis.generator.settings import GeneratorConfig
+from sapis.scaling.settings import ScalingConfig
+from sapis.store import SplitConfig
+from sapis.surrogate.settings import ExploreConfig, TrainingConfig
+
+
+class SystemConfig(Strict):
+    """The chemical system: seed structures, total charge and spin multiplicity (2S+1)."""
+
+    structures: Path | None = None
+    charge: int = 0
+    multiplicity: int = Field(1, ge=1, le=20)
+
+
+class SelectionConfig(Strict):
+    """Which explored frames are labelled each round.
+
+    The trust window on the calibrated max force deviation (eV/Å): below ``lo`` a frame
+    counts as accurate, above ``hi`` as failed (unphysical or hopeless), in between as a
+    candidate. ``labels_per_round`` caps each round's DFT labels. ``policy``
+    ``uncertainty`` takes a diverse set of candidates (farthest-point sampling from the
+    most uncertain); ``random`` draws uniformly from all explored frames (control arm).
+    """
+
+    policy: Literal["uncertainty", "random"] = "uncertainty"
+    lo: float = Field(0.05, ge=0.0)
+    hi: float = Field(0.5, gt=0.0)
+    labels_per_round: int = Field(20, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _window(self) -> "SelectionConfig":
+        if self.lo >= self.hi:
+            raise ValueError(f"trust window needs lo < hi, got lo={self.lo}, hi={self.hi}")
+        return self
+
+
+class StopConfig(Strict):
+    """When a campaign ends: whichever rule holds first.
+
+    ``force_mae`` (eV/Å): the ensemble's force MAE on the test split at or below it;
+    ``accurate_fraction``: at least this share of explored frames accurate for
+    ``accurate_rounds`` rounds in a row; ``max_labels``: labels in the store (all
+    rounds); ``max_rounds``: refinement rounds after pretraining; ``wall_hours``: time
+    since the campaign started.
+    """
+
+    force_mae: float | None = Field(None, gt=0.0)
+    accurate_fraction: float = Field(0.95, gt=0.0, le=1.0)
+    accurate_rounds: int = Field(2, ge=1)
+    max_labels: int | None = Field(None, ge=1)
+    max_rounds: int = Field(5, ge=0)
+    wall_hours: float | None = Field(None, gt=0.0)
+
+
+class PretrainConfig(Strict):
+    """The first dataset: an imported labelled file (any ASE format or rMD17 ``.npz``,
+    labels taken as they are, split by hash) and/or ``displaced`` copies of each seed
+    structure with Gaussian displacements of ``rattle`` Å per component, labelled by DFT.
+    """
+
+    labelled: Path | None = None
+    labelled_level: str | None = None
+    displaced: int = Field(20, ge=0)
+    rattle: float = Field(0.05, gt=0.0, le=0.5)
+    seed: int = 0
+
+
+class ApprovalConfig(Strict):
+    """Pause a round for approval in the Prefect UI before labelling when its estimated
+    DFT cost (selected labels × mean label seconds so far × ``dft.threads``) exceeds
+    ``max_core_seconds``; the pause fails the run after ``timeout_hours``."""
+
+    max_core_seconds: float | None = Field(None, gt=0.0)
+    timeout_hours: float = Field(24.0, gt=0.0)
+
+
+class CampaignConfig(Strict):
+    """A whole campaign file.
+
+    ``folder`` holds the campaign's rounds, models and report (default: beside a SQLite
+    database, else ``./campaign``). ``oracle`` is a labelled file whose labels replace
+    DFT and whose structures replace exploration (for comparing strategies at no DFT
+    cost); ``test_file`` a labelled file the errors are measured on instead of the
+    store's test split.
+    """
+
+    system: SystemConfig = Field(default_factory=SystemConfig)
+    dft: DFTSettings = Field(default_factory=DFTSettings)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    explore: ExploreConfig = Field(default_factory=ExploreConfig)
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    database: str
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    stop: StopConfig = Field(default_factory=StopConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    approval: ApprovalConfig = Field(default_factory=ApprovalConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    folder: Path | None = None
+    oracle: Path | None = None
+    test_file: Path | None = None
+
+
+def parse_config(data: dict, base: Path = Path("."), source: str = "config") -> CampaignConfig:
+    """Validate a config mapping; relative paths are taken relative to ``base``.
+
+    Defaults that depend on other fields are filled here, once: the campaign folder
+    (beside a SQLite database, else ``./campaign``) and Parsl's run folder
+    (``executor.run_dir``: the campaign folder's ``runinfo/``).
+    """
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+    config = validate(CampaignConfig, data, source)
+    if not is_url(config.database) and not Path(config.database).is_absolute():
+        config.database = str(base / config.database)
+    config.system.structures = resolve(config.system.structures, base)
+    config.executor.run_dir = resolve(config.executor.run_dir, base)
+    config.folder = resolve(config.folder, base)
+    config.oracle = resolve(config.oracle, base)
+    config.test_file = resolve(config.test_file, base)
+    config.pretrain.labelled = resolve(config.pretrain.labelled, base)
+    if config.folder is None:
+        db = Path(config.database)
+        config.folder = base / "campaign" if is_url(config.database) else db.parent
+    if config.executor.run_dir is None:
+        config.executor.run_dir = config.folder / "runinfo"
+    return config
+
+
+def load_config(path: str | Path) -> CampaignConfig:
+    """Read and validate a campaign YAML file."""
+    path = Path(path)
+    return parse_config(read_yaml(path), base=path.parent.resolve(), source=str(path))

@@ -1,0 +1,56 @@
+"""The ``sapis`` Typer application, its consoles, and what every verb group shares.
+
+Verbs import what they need inside their function, so ``sapis --help`` and a bad
+argument answer without importing torch, PySCF or Prefect.
+"""
+
+import sys
+from typing import Annotated, TypeVar
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+
+from sapis.config import validate
+
+app = typer.Typer(
+    help="SAPIS-MD: machine-learned potentials from as few DFT labels as possible.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Inspect and fill the dataset store.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+# in a pipe or log file, wide enough that tables keep whole headers (a terminal: its width)
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, soft_wrap=True)
+
+DbOption = Annotated[
+    str, typer.Option("--db", envvar="SAPIS_DB", help="SQLite path or postgresql:// URL.")
+]
+
+Settings = TypeVar("Settings", bound=BaseModel)
+
+
+def fail(err: Exception) -> typer.Exit:
+    """Print ``err`` as a one-line error; the exit to raise (status 2)."""
+    err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+    return typer.Exit(code=2)
+
+
+def with_options(settings: Settings, source: str, **options) -> Settings:
+    """``settings`` with the options a user gave on the command line (None: not given),
+    validated again."""
+    given = {k: v for k, v in options.items() if v is not None}
+    return validate(type(settings), settings.model_dump() | given, source)
+
+
+def read_checked(path, check) -> list:
+    """Read ``path`` and run ``check(atoms, where)`` on every structure before anything
+    is stored."""
+    from sapis.io import read_structures
+
+    images = read_structures(path)
+    for k, atoms in enumerate(images):
+        check(atoms, f"{path} structure {k}")
+    return images

@@ -1,0 +1,90 @@
+"""Trust window, diversity selection, the random arm, and the reference oracle."""
+
+import numpy as np
+import pytest
+from ase.build import molecule
+from conftest import jiggled
+
+from sapis.campaign.selection import classify, descriptor, farthest_point, select
+from sapis.errors import InputError
+from sapis.structures import structure_hash
+
+
+def _frames(uncertainties, seed=0, source="md"):
+    frames = jiggled("H2O", len(uncertainties), amplitude=0.1, seed=seed)
+    for atoms, u in zip(frames, uncertainties):
+        atoms.info.update(source=source, max_force_dev_calibrated=u)
+    return frames
+
+
+def test_trust_window_sorts_accurate_candidate_failed():
+    out = classify(np.array([0.01, 0.05, 0.2, 0.5, 0.51, np.nan]), lo=0.05, hi=0.5)
+    assert list(out) == ["accurate", "candidate", "candidate", "candidate", "failed", "failed"]
+    with pytest.raises(InputError, match="lo < hi"):
+        classify(np.array([0.1]), lo=0.5, hi=0.1)
+
+
+def test_selection_takes_only_in_window_frames_and_counts_every_class():
+    frames = _frames([0.01, 0.02, 0.1, 0.2, 0.3, 0.9, 2.0])
+    sel = select(frames, budget=10, lo=0.05, hi=0.5)
+    assert (sel.accurate, sel.candidate, sel.failed) == (2, 3, 2)
+    assert sorted(a.info["uncertainty"] for a in sel.chosen) == [0.1, 0.2, 0.3]
+    assert sel.ratios()["accurate"] == pytest.approx(2 / 7)
+    assert sel.by_source["md"] == {"accurate": 2, "candidate": 3, "failed": 2, "selected": 3}
+
+
+def test_budget_keeps_the_most_uncertain_then_the_most_different():
+    # three tight clusters of in-window frames: a budget of 3 must take one from each,
+    # starting from the most uncertain frame
+    frames = []
+    for centre, u in ((0.0, 0.3), (0.15, 0.2), (0.3, 0.1)):
+        cluster = jiggled("H2O", 4, amplitude=0.002, seed=int(centre * 100))
+        for atoms in cluster:
+            atoms.positions[1] *= 1 + centre  # stretch one O-H bond per cluster
+            atoms.info["max_force_dev_calibrated"] = u
+        frames += cluster
+    frames[5].info["max_force_dev_calibrated"] = 0.45
+    sel = select(frames, budget=3, lo=0.05, hi=0.5)
+    assert sel.chosen[0] is frames[5]
+    stretch = sorted(round(np.linalg.norm(a.positions[1] - a.positions[0]), 1) for a in sel.chosen)
+    assert len(set(stretch)) == 3
+
+
+def test_stored_and_repeated_structures_are_never_chosen():
+    frames = _frames([0.1, 0.2, 0.3])
+    frames.append(frames[2].copy())
+    frames[-1].info.update(max_force_dev_calibrated=0.3, source="md")
+    stored = {structure_hash(frames[0])}
+    sel = select(frames, budget=10, lo=0.05, hi=0.5, stored=stored)
+    assert sel.duplicates == 2
+    assert len(sel.chosen) == 2 and frames[0] not in sel.chosen
+
+
+def test_random_arm_draws_from_every_explored_frame_reproducibly():
+    frames = _frames([0.01] * 10 + [0.2] * 2 + [5.0] * 10)
+    a = select(frames, budget=8, lo=0.05, hi=0.5, policy="random", seed=3)
+    b = select(frames, budget=8, lo=0.05, hi=0.5, policy="random", seed=3)
+    assert [id(x) for x in a.chosen] == [id(x) for x in b.chosen]
+    assert len(a.chosen) == 8
+    u = [x.info["uncertainty"] for x in a.chosen]
+    assert any(v < 0.05 for v in u) or any(v > 0.5 for v in u)
+
+
+def test_selection_refuses_frames_without_uncertainty_and_bad_policies():
+    frames = jiggled("H2O", 2)
+    with pytest.raises(InputError, match="predict it first"):
+        select(frames, budget=1, lo=0.05, hi=0.5)
+    with pytest.raises(InputError, match="policy"):
+        select(_frames([0.1]), budget=1, lo=0.05, hi=0.5, policy="greedy")
+
+
+def test_descriptor_is_invariant_and_farthest_point_spreads_out():
+    atoms = molecule("CH3CH2OH")
+    moved = atoms.copy()
+    moved.rotate(40, "z")
+    moved.translate([1, 2, 3])
+    moved = moved[np.random.default_rng(0).permutation(len(moved))]
+    assert np.allclose(descriptor(atoms), descriptor(moved))
+    points = np.array([[0.0], [0.1], [1.0], [1.1], [5.0]])
+    assert farthest_point(points, 3, first=0) == [0, 4, 3]
+    assert farthest_point(np.zeros((4, 2)), 3) == [0]
