@@ -13,6 +13,7 @@ killed flow continues the round and stage it was in.
 import contextlib
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from prefect import flow, get_run_logger
 
@@ -35,19 +36,24 @@ def timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
         seconds[stage] = round(seconds.get(stage, 0.0) + time.perf_counter() - started, 2)
 
 
-def decide_and_record(session: Session, record: RoundRecord, ensemble, evaluation: dict):
-    """Fill the round's record, let the scaling laws decide what the next round buys,
-    apply the stop rules, write the record and publish the round."""
+def decide(session: Session, record: RoundRecord, ensemble: Path, evaluation: dict) -> None:
+    """Fill the round's record from the store, the ensemble and its test errors; then let
+    the scaling laws decide what the next round buys (when ``scaling.enabled``)."""
     campaign = session.campaign
     record.fill(campaign.label_counts(record.round), EnsembleManifest.read(ensemble), evaluation)
     if campaign.config.scaling.enabled:
         with timed(record.seconds, "scaling"):
             record.decision = stages.decide_by_scaling_laws(session, record.round, record.size)
         print(f"round {record.round}: scaling: {record.decision['reason']}")
-    folder, rules = campaign.folder, campaign.config.stop
+
+
+def finish(session: Session, record: RoundRecord) -> RoundRecord:
+    """Apply the stop rules, write the round's record (the round is finished from then
+    on) and publish it: artifacts and the folder's report."""
+    folder, rules = session.campaign.folder, session.campaign.config.stop
     record.stop_reason = stop_reason([*folder.records(), record], rules, folder.hours())
     stages.record_round(session, record)
-    publish_round(campaign)
+    publish_round(session.campaign)
     return record
 
 
@@ -68,7 +74,8 @@ def pretrain(folder: str) -> RoundRecord:
             ensemble = stages.train_round_ensemble(session, 0, None)
         with timed(record.seconds, "evaluate"):
             evaluation = stages.evaluate_on_test_set(session, ensemble, 0)
-        return decide_and_record(session, record, ensemble, evaluation)
+        decide(session, record, ensemble, evaluation)
+        return finish(session, record)
 
 
 def run_round(session: Session, overrides: RoundOverrides) -> RoundRecord:
@@ -107,7 +114,8 @@ def run_round(session: Session, overrides: RoundOverrides) -> RoundRecord:
         ensemble = stages.train_round_ensemble(session, r, parent, plan.size)
     with timed(record.seconds, "evaluate"):
         evaluation = stages.evaluate_on_test_set(session, ensemble, r)
-    return decide_and_record(session, record, ensemble, evaluation)
+    decide(session, record, ensemble, evaluation)
+    return finish(session, record)
 
 
 @flow(name="refinement-round", log_prints=True)
