@@ -99,7 +99,9 @@ def run_round(session: Session, overrides: RoundOverrides) -> RoundRecord:
     with timed(record.seconds, "explore"):
         md, explored = stages.explore_with_surrogate(session, parent, r, overrides.temperatures)
         generated, proposed = stages.propose_with_generator(session, parent, r, md)
-    print(f"round {r}: explored {explored}; generator {proposed or 'off'}")
+    for summary in (explored, proposed):  # proposed / valid per source
+        for source, counts in summary.get("by_source", {}).items():
+            print(f"round {r}: {source} {counts}")
     with timed(record.seconds, "select"):
         sel = stages.select_for_labelling(session, md + generated, r, plan.labels)
     record.add_selection(sel, explored, proposed)
