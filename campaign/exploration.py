@@ -28,6 +28,20 @@ def score(ensemble: Ensemble, frames: list[Atoms]) -> list[Atoms]:
     return frames
 
 
+def saved_candidates(path: Path, summary_path: Path) -> tuple[list[Atoms], dict] | None:
+    """The candidates and summary a stage wrote before (a rerun), or None."""
+    if not path.is_file():
+        return None
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    return read_frames(path), {**summary, "resumed": True}
+
+
+def save_candidates(path: Path, summary_path: Path, frames: list[Atoms], summary: dict) -> None:
+    """Write a stage's candidates and its summary, each atomically."""
+    write_frames(path, frames)
+    write_text_atomically(summary_path, json.dumps(summary, indent=1))
+
+
 def explore_round(
     campaign: Campaign,
     ensemble_dir: Path,
@@ -40,9 +54,8 @@ def explore_round(
     """
     path = campaign.folder.explored_path(r)
     summary_path = path.with_name("explore.json")
-    if path.is_file():
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        return read_frames(path), {**summary, "resumed": True}
+    if (saved := saved_candidates(path, summary_path)) is not None:
+        return saved
     ensemble = Ensemble.load(ensemble_dir)
     pool = campaign.labeller.pool()
     if pool is not None:
@@ -54,8 +67,7 @@ def explore_round(
     for atoms in frames:
         atoms.info["round"] = r
     summary["frames"] = len(frames)
-    write_frames(path, frames)
-    write_text_atomically(summary_path, json.dumps(summary, indent=1))
+    save_candidates(path, summary_path, frames, summary)
     return frames, summary
 
 

@@ -7,7 +7,6 @@ previous round's copy, so the campaign folder holds every checkpoint. The sample
 both back.
 """
 
-import json
 import math
 import shutil
 from dataclasses import asdict
@@ -16,11 +15,11 @@ from pathlib import Path
 from ase import Atoms
 
 from sapis.campaign.campaign import Campaign
-from sapis.campaign.exploration import score
+from sapis.campaign.exploration import save_candidates, saved_candidates, score
 from sapis.generator.model import META, Generator
 from sapis.generator.settings import GeneratorConfig
 from sapis.generator.training import GeneratorTraining, train_generator
-from sapis.io import read_frames, write_frames, write_text_atomically
+from sapis.io import read_frames
 from sapis.structures import structure_hash
 from sapis.surrogate.ensemble import Ensemble
 from sapis.surrogate.guidance import disagreement_guide
@@ -77,9 +76,8 @@ def generate_round(
     did (none, and an empty summary, when ``generator.share`` is 0)."""
     path = campaign.folder.generated_path(r)
     summary_path = path.with_name("generated.json")
-    if path.is_file():
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        return read_frames(path), {**summary, "resumed": True}
+    if (saved := saved_candidates(path, summary_path)) is not None:
+        return saved
     settings = campaign.config.generator
     n = generated_count(settings, len(md_frames))
     if not n:
@@ -101,6 +99,5 @@ def generate_round(
         "rejected": rejected,
         "training": asdict(training) if training else "resumed",
     }
-    write_frames(path, frames)
-    write_text_atomically(summary_path, json.dumps(summary, indent=1))
+    save_candidates(path, summary_path, frames, summary)
     return frames, summary

@@ -303,11 +303,13 @@ def campaign_plots(campaign: Campaign, rounds: list[RoundRecord]) -> dict[str, P
     return plots
 
 
-def write_report(campaign: Campaign) -> Path:
-    """``FOLDER/report.md`` with its PNG plots; returns its path."""
+def write_report(campaign: Campaign, plots: dict[str, Path] | None = None) -> Path:
+    """``FOLDER/report.md`` with its PNG plots (drawn here unless ``plots`` from
+    :func:`campaign_plots` are given); returns its path."""
     folder = campaign.folder
     rounds = folder.records()
-    plots = campaign_plots(campaign, rounds) if rounds else {}
+    if plots is None:
+        plots = campaign_plots(campaign, rounds) if rounds else {}
     extra = ""
     if rounds:
         ensemble = folder.ensemble_dir(rounds[-1].round)

@@ -95,26 +95,29 @@ def label_pending(
     if not todo:
         return summary
     summary.submitted = len(todo)
-    if not labeller.remote:
-        for row_id, atoms in todo:
-            result = labeller.label([atoms])[0]
-            store.record(row_id, result, summary.run)
-            summary.add(result)
-            if on_result is not None:
-                on_result(row_id, result)
-    else:
-        with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack:
+        if not labeller.remote:
+            results = ((row_id, _label_one(labeller, atoms)) for row_id, atoms in todo)
+        else:
             if dfk is None:
                 if executor is None or executor.run_dir is None:
                     raise ValueError("give a running dfk, or an executor with its run_dir")
                 session = parsl_session(executor, labeller.cores, executor.run_dir)
                 dfk = stack.enter_context(session)
-            _run_apps(store, todo, dfk, labeller, summary, on_result)
+            results = _on_workers(todo, dfk, labeller, summary.errors)
+        for row_id, result in results:
+            if result is not None:
+                store.record(row_id, result, summary.run)
+                summary.add(result)
+            if on_result is not None:
+                on_result(row_id, result)
     summary.seconds = time.monotonic() - start
     return summary
 
 
-def _run_apps(store, todo, dfk, labeller, summary, on_result) -> None:
+def _on_workers(todo, dfk, labeller, errors: dict[int, str]):
+    """(row id, result) as each Parsl app finishes; an app that died gives None, with
+    what went wrong in ``errors``."""
     app = python_app(_label_one, data_flow_kernel=dfk)
     futures = {app(labeller, atoms): row_id for row_id, atoms in todo}
     for future in as_completed(futures):
@@ -122,10 +125,6 @@ def _run_apps(store, todo, dfk, labeller, summary, on_result) -> None:
         try:
             result = future.result()
         except Exception as err:
-            summary.errors[row_id] = f"{type(err).__name__}: {err}"
+            errors[row_id] = f"{type(err).__name__}: {err}"
             result = None
-        else:
-            store.record(row_id, result, summary.run)
-            summary.add(result)
-        if on_result is not None:
-            on_result(row_id, result)
+        yield row_id, result

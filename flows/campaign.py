@@ -124,9 +124,7 @@ def run_round(session: Session, overrides: RoundOverrides) -> RoundRecord:
 def refinement_round(params: RoundParameters) -> RoundRecord:
     """One more round of an existing campaign (by hand, or on a schedule)."""
     with folder_session(params.folder) as session:
-        record = run_round(session, params.round)
-        write_report(session.campaign)
-    return record
+        return run_round(session, params.round)  # its report is written as it finishes
 
 
 @flow(name="campaign", log_prints=True)

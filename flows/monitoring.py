@@ -34,7 +34,7 @@ def publish_round(campaign: Campaign) -> None:
         key=artifact_key(folder, "report"),
         description=f"{folder.root.name}: report after round {last.round}",
     )
-    write_report(campaign)
+    write_report(campaign, plots)
 
 
 def approval_gate(campaign: Campaign, r: int) -> None:

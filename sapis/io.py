@@ -6,6 +6,7 @@ eV and eV/Å; rMD17's kcal/mol are converted here, once. What SAPIS-MD writes it
 sees half a file.
 """
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,15 +39,10 @@ def write_text_atomically(path: str | Path, text: str) -> Path:
 
 def write_frames(path: str | Path, images: Sequence[Atoms]) -> Path:
     """Write ``images`` to an extended XYZ file atomically (none: an empty file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    text = io.StringIO()
     if images:
-        ase.io.write(tmp, list(images), format="extxyz")
-    else:
-        tmp.write_text("")
-    tmp.replace(path)
-    return path
+        ase.io.write(text, list(images), format="extxyz")
+    return write_text_atomically(path, text.getvalue())
 
 
 def read_frames(path: str | Path) -> list[Atoms]:

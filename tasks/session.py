@@ -3,7 +3,7 @@ and Parsl started once when its labeller runs on workers, shared by every task i
 and by the flow runs nested in it (a campaign's pretraining and rounds)."""
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,12 +25,7 @@ _ACTIVE: list[Session] = []
 @contextlib.contextmanager
 def campaign_session(campaign: Campaign) -> Iterator[Session]:
     """Make ``campaign`` the active one, with Parsl running for it if its labeller is
-    remote; cleaned up on exit. Inside an active session of the same campaign folder,
-    that session is reused."""
-    active = find_session(campaign.folder.root)
-    if active is not None:
-        yield active
-        return
+    remote; cleaned up on exit."""
     with contextlib.ExitStack() as stack:
         session = Session(campaign)
         labeller, executor = campaign.labeller, campaign.config.executor
@@ -51,25 +46,25 @@ def find_session(folder: str | Path) -> Session | None:
 
 
 @contextlib.contextmanager
-def folder_session(folder: str | Path) -> Iterator[Session]:
-    """The active session of the campaign in ``folder``, or a new one for it (the
-    campaign reopened from its folder)."""
+def _active_or_new(folder: Path, open_campaign: Callable[[], Campaign]) -> Iterator[Session]:
     active = find_session(folder)
     if active is not None:
         yield active
         return
-    with campaign_session(Campaign.open(folder)) as session:
+    with campaign_session(open_campaign()) as session:
         yield session
 
 
-@contextlib.contextmanager
-def started_session(config: str | Path, overrides: dict | None = None) -> Iterator[Session]:
+def folder_session(folder: str | Path) -> contextlib.AbstractContextManager[Session]:
+    """The active session of the campaign in ``folder``, or a new one for it (the
+    campaign reopened from its folder)."""
+    return _active_or_new(Path(folder), lambda: Campaign.open(folder))
+
+
+def started_session(
+    config: str | Path, overrides: dict | None = None
+) -> contextlib.AbstractContextManager[Session]:
     """The session of the campaign that a file (or folder) describes: the active one of
     its folder (the command line starts one to check everything before Prefect starts),
     or a new one from :meth:`Campaign.start`."""
-    active = find_session(folder_of(config, overrides))
-    if active is not None:
-        yield active
-        return
-    with campaign_session(Campaign.start(config, overrides)) as session:
-        yield session
+    return _active_or_new(folder_of(config, overrides), lambda: Campaign.start(config, overrides))
