@@ -34,8 +34,18 @@ DEFAULT_LADDER: tuple[Rung, ...] = (
 )
 
 
+#: Tight-binding methods ``dft.program: xtb`` runs through tblite.
+XTB_METHODS = ("GFN2-xTB", "GFN1-xTB")
+
+
 class DFTSettings(Strict):
-    """PySCF settings of a label.
+    """Settings of a label: the program, and its level of theory.
+
+    ``program`` ``pyscf`` (the default) runs Kohn-Sham DFT at ``xc``/``basis``;
+    ``xtb`` runs the semi-empirical tight-binding ``method`` (GFN2-xTB or GFN1-xTB) through
+    tblite, in milliseconds instead of seconds, with ``accuracy`` (tblite's numerical
+    accuracy factor, smaller is tighter) and ``electronic_temperature`` (K) for its SCF.
+    The PySCF-only fields are ignored for xTB.
 
     ``conv_tol`` is the SCF energy convergence in Hartree, ``time_limit`` the wall-time
     limit of one label over all rungs in seconds, ``max_memory`` PySCF's memory in MB,
@@ -45,6 +55,10 @@ class DFTSettings(Strict):
     few meV/Å remains on a 9-atom molecule at grid level 3).
     """
 
+    program: Literal["pyscf", "xtb"] = "pyscf"
+    method: Literal[XTB_METHODS] = "GFN2-xTB"  # type: ignore[valid-type]
+    accuracy: float = Field(1.0, gt=0.0, le=1000.0)
+    electronic_temperature: float = Field(300.0, gt=0.0)
     xc: str = "PBE"
     basis: str = "def2-svp"
     density_fit: bool = True
@@ -94,5 +108,7 @@ class DFTSettings(Strict):
 
     @property
     def level_of_theory(self) -> str:
-        """``XC/basis``, e.g. ``PBE/def2-svp``."""
+        """``XC/basis`` for PySCF (e.g. ``PBE/def2-svp``), the method for xTB (``GFN2-xTB``)."""
+        if self.program == "xtb":
+            return self.method
         return f"{self.xc.upper()}/{self.basis}"

@@ -1,5 +1,5 @@
-"""Every labeller keeps one contract: PySCF and the reference oracle give results of the
-same shape, with the same provenance fields, and fail the same way."""
+"""Every labeller keeps one contract: PySCF, xTB and the reference oracle give results of
+the same shape, with the same provenance fields, and fail the same way."""
 
 import numpy as np
 import pytest
@@ -10,6 +10,7 @@ from sapis.dft.labeller import PySCFLabeller
 from sapis.dft.protocol import Labeller
 from sapis.dft.reference import ReferenceOracle
 from sapis.dft.settings import DFTSettings, Rung
+from sapis.dft.xtb import XTBLabeller
 from sapis.errors import InputError
 from sapis.labels import PROVENANCE_KEYS, Attempt
 from sapis.store import DatasetStore
@@ -20,7 +21,7 @@ def oracle():
     return ReferenceOracle(DATA / "rmd17_malonaldehyde_test_01.npz")
 
 
-@pytest.fixture(params=["pyscf", "oracle"])
+@pytest.fixture(params=["pyscf", "xtb", "oracle"])
 def case(request, oracle):
     """(labeller, a structure it labels, one it fails on, one its check refuses)."""
     water = molecule("H2O")
@@ -38,6 +39,10 @@ def case(request, oracle):
             (PySCFLabeller(hopeless), stretched),
             crushed,
         )
+    if request.param == "xtb":
+        xtb = DFTSettings(program="xtb")
+        hopeless = xtb.model_copy(update={"max_cycle": 1})
+        return XTBLabeller(xtb), water, (XTBLabeller(hopeless), stretched), crushed
     return oracle, oracle.pool()[3], (oracle, water), water
 
 
