@@ -48,7 +48,7 @@ def train_round_generator(
     campaign: Campaign, r: int, frames: list[Atoms]
 ) -> tuple[Generator, GeneratorTraining | None]:
     """Round ``r``'s generator: the latest earlier round's, trained further on ``frames``
-    for ``generator.max_minutes`` (from scratch in the first round that uses it); one
+    for ``generator.train_steps`` (from scratch in the first round that uses it); one
     trained before a kill is kept as it is (no training record then)."""
     folder = campaign.folder
     out = folder.generator_dir(r)

@@ -49,12 +49,15 @@ def record_training(campaign: Campaign, r: int) -> ScalingPoint:
 
 def run_probes(campaign: Campaign, r: int, size: str) -> list[ScalingPoint]:
     """Single-model trainings on fractions of the data at ``size`` and its neighbour,
-    ``scaling.probe_minutes`` in all; probes already recorded are not run again."""
+    trained like the round's members (to convergence, no bootstrap), within
+    ``scaling.probe_minutes`` in all if set; probes already recorded are not run again."""
     config, scaling_dir = campaign.config, campaign.folder.scaling_dir
     train, val = training_sets(campaign)
     plan = plan_probes(size, LADDER, config.scaling.fractions)
-    minutes = config.scaling.probe_minutes / len(plan)
-    training = config.training.model_copy(update={"max_minutes": minutes, "bootstrap": False})
+    cap = config.scaling.probe_minutes
+    training = config.training.model_copy(
+        update={"max_minutes": cap / len(plan) if cap else None, "bootstrap": False}
+    )
     order = np.random.default_rng(config.training.seed + r).permutation(len(train))
     done = {p.source for p in load_points(scaling_dir)}
     cost = campaign.core_seconds(up_to_round=r)
@@ -82,7 +85,7 @@ def measured_costs(
     the error the law predicts for it)."""
     training = campaign.config.training
     trained = [p for p in points if p.source.startswith("round-")]
-    budget = training.members * training.max_minutes * 60.0
+    cap = training.members * training.max_minutes * 60.0 if training.max_minutes else 0.0
 
     def train_cost(name: str | None) -> float | None:
         if name is None:
@@ -91,7 +94,7 @@ def measured_costs(
         if mine:
             return float(np.mean(mine))
         ref = [p.wall_seconds for p in trained if p.size == size]
-        base = float(np.mean(ref)) if ref else budget
+        base = float(np.mean(ref)) if ref else cap
         return (
             base * parameters(campaign, name, points) / max(parameters(campaign, size, points), 1)
         )
@@ -120,7 +123,7 @@ def scaling_step(campaign: Campaign, r: int, size: str) -> dict:
     latest = record_training(campaign, r)
     points = load_points(scaling_dir)
     fits = fit_points(points, settings.bootstrap)
-    if not isinstance(fits["joint"], PowerLawFit) and settings.probe_minutes > 0:
+    if not isinstance(fits["joint"], PowerLawFit) and settings.probes:
         run_probes(campaign, r, size)
         points = load_points(scaling_dir)
         fits = fit_points(points, settings.bootstrap)

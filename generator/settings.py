@@ -11,8 +11,9 @@ class GeneratorConfig(Strict):
     ``share`` is the fraction of each round's candidates the generator proposes (the
     rest come from MD; 0 turns it off), but at least ``min_samples`` (MD may stop early
     where the surrogate is unsure: there the generator matters most). It is retrained,
-    warm-started, every round for ``max_minutes`` on the store's configurations and the
-    MD frames explored so far. ``hidden`` and
+    warm-started, every round for ``train_steps`` optimiser steps (``max_minutes``, if set,
+    caps the wall time) on the store's configurations and the MD frames explored so far.
+    ``hidden`` and
     ``layers`` size its equivariant network; ``prior_weight`` is λ of the feasibility
     penalty in training (0: none); ``steps`` the sampling steps. Over the last
     ``guide_from`` of the sampling times, ``guidance`` (Å per step, 0 for none) moves
@@ -23,7 +24,8 @@ class GeneratorConfig(Strict):
 
     share: float = Field(0.0, ge=0.0, lt=1.0)
     min_samples: int = Field(100, ge=0)
-    max_minutes: float = Field(2.0, gt=0.0)
+    train_steps: int = Field(3000, ge=1)
+    max_minutes: float | None = Field(None, gt=0.0)
     hidden: int = Field(48, ge=4)
     layers: int = Field(4, ge=1)
     prior_weight: float = Field(0.1, ge=0.0)

@@ -1,6 +1,7 @@
-"""Training a generator on a molecule's frames under a wall-time budget, warm-started
+"""Training a generator on a molecule's frames for a budget of optimiser steps, warm-started
 from the generator already in the output folder when it is the same molecule and size."""
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -38,7 +39,8 @@ def train_generator(
     max_steps: int | None = None,
     progress: bool = False,
 ) -> tuple[Generator, GeneratorTraining]:
-    """Train on ``images`` for ``config.max_minutes`` (or ``max_steps``), save into ``out``.
+    """Train on ``images`` for ``max_steps`` (default ``config.train_steps``) optimiser
+    steps, or until ``config.max_minutes`` if that comes first; save into ``out``.
 
     ``reference`` fixes the molecule (else the most common one in ``images``). A
     generator already in ``out`` for the same molecule and network size is trained
@@ -69,17 +71,13 @@ def train_generator(
     net = gen.diffusion.net
     net.train()
     optimiser = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
-    budget = 60.0 * config.max_minutes
+    max_steps = max_steps or config.train_steps
+    cap = 60.0 * config.max_minutes if config.max_minutes else math.inf
     recent: list[dict] = []
     start, steps = time.perf_counter(), 0
-    with _progress(progress, budget) as bar:
-        task = bar.add_task("generator", total=max_steps or budget) if bar else None
-        while True:
-            elapsed = time.perf_counter() - start
-            if (max_steps is not None and steps >= max_steps) or (
-                max_steps is None and elapsed >= budget
-            ):
-                break
+    with _progress(progress) as bar:
+        task = bar.add_task("generator", total=max_steps) if bar else None
+        while steps < max_steps and time.perf_counter() - start < cap:
             batch = data[torch.randint(len(data), (config.batch_size,), generator=rng)]
             losses = gen.diffusion.losses(batch, generator=rng)
             optimiser.zero_grad()
@@ -90,7 +88,7 @@ def train_generator(
             recent = ([*recent, {k: float(v.detach()) for k, v in losses.items()}])[-100:]
             steps += 1
             if bar and steps % 20 == 0:
-                bar.update(task, completed=steps if max_steps else elapsed)
+                bar.update(task, completed=steps)
     net.eval()
     mean = {k: float(np.mean([r[k] for r in recent])) for k in recent[0]} if recent else {}
     record = GeneratorTraining(
@@ -109,7 +107,7 @@ def train_generator(
     return gen, record
 
 
-def _progress(enabled: bool, total: float):
+def _progress(enabled: bool):
     from contextlib import nullcontext
 
     if not enabled:

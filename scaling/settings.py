@@ -10,10 +10,12 @@ class ScalingConfig(Strict):
 
     After each round's training the joint law L(N, P) is fitted to every training of the
     campaign (validation force MAE); with too few points, probes train single models on
-    ``fractions`` of the data at the current size and its neighbour within
-    ``probe_minutes`` in all. The decision compares ``selection.labels_per_round`` more
-    labels with the next size, per core-second, and the next round follows it: a larger
-    model (no new labels that round) or more data. ``pin_size`` / ``pin_labels`` keep the
+    ``fractions`` of the data at the current size and its neighbour (``probes``), each
+    with the campaign's training settings (to convergence, without bootstrap), so the
+    fit sees converged errors; ``probe_minutes``, if set, caps their wall time in all.
+    The decision compares ``selection.labels_per_round`` more labels with the next size,
+    per core-second, and the next round follows it: a larger model (no new labels that
+    round) or more data. ``pin_size`` / ``pin_labels`` keep the
     configured size / label budget whatever the decision; the campaign stops when the best
     predicted gain is below ``min_gain`` (eV/Å) or the error is within ``floor_margin``
     (relative) of the fitted floor.
@@ -22,7 +24,8 @@ class ScalingConfig(Strict):
     enabled: bool = True
     pin_size: bool = False
     pin_labels: bool = False
-    probe_minutes: float = Field(2.0, ge=0.0)
+    probes: bool = True
+    probe_minutes: float | None = Field(None, gt=0.0)
     fractions: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0], min_length=3)
     min_gain: float = Field(0.0, ge=0.0)
     floor_margin: float = Field(0.05, ge=0.0)

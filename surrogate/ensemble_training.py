@@ -152,6 +152,7 @@ def train_ensemble(
             Member(
                 checkpoint=f"member-{r['member']}/best.ckpt",
                 **{k: r[k] for k in ("seed", "parent", "parameters", "steps", "flops")},
+                **{k: r[k] for k in ("epochs", "stopped_by")},
                 **{k: r[k] for k in ("val_force_mae", "val_energy_mae", "wall_seconds")},
             )
             for r in records

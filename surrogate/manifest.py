@@ -17,7 +17,8 @@ MANIFEST = "ensemble.json"
 @dataclass
 class Member:
     """One member: its checkpoint (relative to the folder), seed, parent checkpoint,
-    parameters, validation errors (force eV/Å, energy eV), training time and compute."""
+    parameters, validation errors (force eV/Å, energy eV), training time and compute,
+    and why its training stopped (``converged``, ``epoch budget`` or ``wall-time cap``)."""
 
     checkpoint: str
     seed: int
@@ -29,6 +30,8 @@ class Member:
     steps: int
     flops: float
     package: str | None = None
+    epochs: int = 0
+    stopped_by: str = ""
 
 
 @dataclass
@@ -88,6 +91,11 @@ class EnsembleManifest:
     def best_val_force_mae(self) -> float:
         """The lowest member validation force MAE (eV/Å)."""
         return min(m.val_force_mae for m in self.members)
+
+    @property
+    def converged_members(self) -> int:
+        """Members whose training stopped on a validation plateau, not on a budget."""
+        return sum(m.stopped_by == "converged" for m in self.members)
 
     def checkpoints(self, folder: str | Path) -> list[Path]:
         """The members' checkpoint files, in member order."""

@@ -12,11 +12,15 @@ class TrainingConfig(Strict):
     """How a surrogate ensemble is trained.
 
     ``size`` is a name in :data:`SIZES`; ``members`` the ensemble size K (each member has
-    its own seed and bootstrap resample of the training split); ``r_max`` the cutoff in Å;
-    ``max_minutes`` the wall-time budget of one member; ``patience`` the epochs without
-    validation improvement before stopping; ``energy_weight``/``force_weight`` weigh the
-    per-atom energy and force MSE in the loss; ``isolated_atom_energies`` (eV, by element)
-    fix the per-type energy shifts, otherwise they are fitted to the training energies.
+    its own seed and bootstrap resample of the training split); ``r_max`` the cutoff in Å.
+    A member trains until its validation loss has not improved by ``min_delta``
+    (relative) for ``patience`` epochs (it converged), or for at most ``max_epochs``
+    epochs (the budget: counted in epochs, it grows with the data and gives the same
+    model on a busy and an idle machine); ``max_minutes`` is only a wall-time cap (None:
+    none), and a member it stops is reported as capped. ``energy_weight`` and
+    ``force_weight`` weigh the per-atom energy and force MSE in the loss;
+    ``isolated_atom_energies`` (eV, by element) fix the per-type energy shifts, otherwise
+    they are fitted to the training energies.
     """
 
     size: str = "s"
@@ -25,9 +29,10 @@ class TrainingConfig(Strict):
     r_max: float = Field(4.0, gt=0.5)
     batch_size: int = Field(5, ge=1)
     learning_rate: float = Field(0.01, gt=0.0)
-    max_epochs: int = Field(10000, ge=1)
-    max_minutes: float = Field(30.0, gt=0.0)
+    max_epochs: int = Field(2000, ge=1)
+    max_minutes: float | None = Field(None, gt=0.0)
     patience: int = Field(50, ge=1)
+    min_delta: float = Field(0.01, ge=0.0, lt=1.0)
     energy_weight: float = Field(1.0, ge=0.0)
     force_weight: float = Field(10.0, ge=0.0)
     ema_decay: float = Field(0.99, ge=0.0, lt=1.0)

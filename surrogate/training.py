@@ -29,6 +29,9 @@ MONITOR = "val0_epoch/weighted_sum"
 RECORD = "record.json"
 BEST = "best.ckpt"
 
+#: Why a member stopped: it converged (validation plateau), or a budget ended it first.
+CONVERGED, EPOCH_BUDGET, WALL_CAP = "converged", "epoch budget", "wall-time cap"
+
 
 @dataclass
 class TrainRecord:
@@ -55,6 +58,11 @@ class TrainRecord:
     val_force_rmse: float = math.nan
     initial_val_force_mae: float = math.nan  # before the first step (fine-tuning: the parent's)
     history: list[dict] = field(default_factory=list)
+
+    @property
+    def converged(self) -> bool:
+        """Whether training stopped on a validation plateau rather than a budget."""
+        return self.stopped_by == CONVERGED
 
     def save(self, folder: Path) -> None:
         write_text_atomically(folder / RECORD, json.dumps(asdict(self), indent=1))
@@ -176,6 +184,22 @@ class _History:
         return History(*args, **kwargs)
 
 
+class _RelativeEarlyStopping:
+    """Lightning's early stopping with ``min_delta`` relative to the best loss so far, so
+    that "no improvement" means the same for a loss of 10 and of 0.01."""
+
+    def __new__(cls, min_delta: float, **kwargs):
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        class RelativeEarlyStopping(EarlyStopping):
+            def _evaluate_stopping_criteria(self, current):
+                best = float(self.best_score)
+                self.min_delta = -abs(best) * min_delta if math.isfinite(best) else 0.0
+                return super()._evaluate_stopping_criteria(current)
+
+        return RelativeEarlyStopping(**kwargs)
+
+
 def estimate_flops(parameters: int, atoms_seen: int) -> float:
     """Rough training compute: 6 FLOPs per parameter per atom seen (forward, force
     backward and weight backward of a model whose weights act once per atom; edge-wise
@@ -207,7 +231,7 @@ def train_member(
     import lightning
     import torch
     from lightning.fabric.plugins.environments import LightningEnvironment
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint
     from nequip.data.datamodule import ASEDataModule
     from nequip.train import EMALightningModule
     from nequip.utils import get_current_code_versions
@@ -251,7 +275,9 @@ def train_member(
         size = _parent_size(parent) or size
 
     history = _History()
-    stopper = EarlyStopping(monitor=MONITOR, patience=training.patience, mode="min")
+    stopper = _RelativeEarlyStopping(
+        monitor=MONITOR, patience=training.patience, mode="min", min_delta=training.min_delta
+    )
     checkpoint = ModelCheckpoint(
         dirpath=folder, filename="best", monitor=MONITOR, mode="min", save_last=True
     )
@@ -265,7 +291,7 @@ def train_member(
     trainer = lightning.Trainer(
         **trainer_cfg,
         devices=1,
-        max_time={"seconds": training.max_minutes * 60.0},
+        max_time={"seconds": training.max_minutes * 60.0} if training.max_minutes else None,
         callbacks=callbacks,
         plugins=[LightningEnvironment()],
         logger=False,
@@ -282,12 +308,12 @@ def train_member(
     wall = time.perf_counter() - started
     torch.set_num_threads(threads)
 
-    if trainer.should_stop and stopper.stopped_epoch > 0:
-        stopped_by = "early stopping"
-    elif wall >= training.max_minutes * 60.0 * 0.98:
-        stopped_by = "wall-time budget"
+    if stopper.stopped_epoch > 0:
+        stopped_by = CONVERGED
+    elif trainer.current_epoch < training.max_epochs:
+        stopped_by = WALL_CAP
     else:
-        stopped_by = "max epochs"
+        stopped_by = EPOCH_BUDGET
     final = trainer.validate(
         module,
         datamodule=datamodule,

@@ -20,8 +20,11 @@ def train(
     ] = None,
     size: Annotated[str | None, typer.Option(help="Model size: xs | s | m | l.")] = None,
     members: Annotated[int | None, typer.Option(help="Ensemble size K.")] = None,
+    max_epochs: Annotated[
+        int | None, typer.Option(help="Epoch budget per member (it stops earlier if converged).")
+    ] = None,
     max_minutes: Annotated[
-        float | None, typer.Option(help="Wall-time budget per member, minutes.")
+        float | None, typer.Option(help="Wall-time cap per member, minutes (none by default).")
     ] = None,
     parent: Annotated[
         Path | None,
@@ -57,6 +60,7 @@ def train(
             "training",
             size=size,
             members=members,
+            max_epochs=max_epochs,
             max_minutes=max_minutes,
         )
         if EnsembleManifest.exists(out):
@@ -189,8 +193,11 @@ def predict(
 def train_generator_command(
     db: DbOption,
     out: Annotated[Path, typer.Option(help="Generator folder (trained further if it exists).")],
+    train_steps: Annotated[
+        int | None, typer.Option(help="Optimiser steps of the training (the budget).")
+    ] = None,
     max_minutes: Annotated[
-        float | None, typer.Option(help="Wall-time budget of the training, minutes.")
+        float | None, typer.Option(help="Wall-time cap of the training, minutes.")
     ] = None,
     config: Annotated[
         Path | None,
@@ -214,6 +221,7 @@ def train_generator_command(
         settings = with_options(
             load_config(config).generator if config else GeneratorConfig(),
             "generator",
+            train_steps=train_steps,
             max_minutes=max_minutes,
             prior_weight=prior_weight,
         )
@@ -223,7 +231,7 @@ def train_generator_command(
         raise fail(err) from None
     console.print(
         f"training the generator of {reference.get_chemical_formula()} on {len(positions)} "
-        f"structures for {settings.max_minutes:g} min"
+        f"structures for {settings.train_steps} steps"
         + (f" (left out: {skipped})" if skipped else ""),
         highlight=False,
     )

@@ -92,7 +92,7 @@ def test_cli_trains_on_a_store_and_generates(malonaldehyde, tmp_path):
     DatasetStore(db).add([Atoms(a.numbers, a.positions) for a in malonaldehyde[0][:60]])
     out = subprocess.run(
         [sapis, "train-generator", "--db", str(db), "--out", str(tmp_path / "gen"),
-         "--max-minutes", "0.05", "--check", "20"],
+         "--train-steps", "60", "--check", "20"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]

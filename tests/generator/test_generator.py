@@ -141,8 +141,8 @@ STEPS = 3000
 def _train(frames, out: Path) -> Generator:
     from sapis.generator.training import train_generator
 
-    config = GeneratorConfig(max_minutes=30.0)
-    gen, record = train_generator(frames, out, config, max_steps=STEPS)
+    config = GeneratorConfig(train_steps=STEPS)
+    gen, record = train_generator(frames, out, config)
     assert record.steps == STEPS and record.frames == len(frames) and not record.warm_start
     return gen
 
@@ -205,10 +205,8 @@ def test_the_feasibility_prior_pulls_the_tweedie_estimate_into_the_observed_rang
 
     penalties = {}
     for weight in (0.0, 10.0):
-        config = GeneratorConfig(prior_weight=weight, max_minutes=30.0)
-        _, record = train_generator(
-            malonaldehyde[:200], tmp_path / str(weight), config, max_steps=400
-        )
+        config = GeneratorConfig(prior_weight=weight, train_steps=400)
+        _, record = train_generator(malonaldehyde[:200], tmp_path / str(weight), config)
         penalties[weight] = record.penalty
     assert penalties[10.0] < 0.7 * penalties[0.0], penalties
 

@@ -22,7 +22,7 @@ from sapis.surrogate.training import TrainRecord, train_member
 VENV_BIN = Path(sys.executable).parent
 
 
-def test_a_minute_of_training_cuts_the_held_out_force_error_threefold(
+def test_fifty_epochs_of_training_cut_the_held_out_force_error_threefold(
     trained_ensemble, malonaldehyde
 ):
     folder, manifest = trained_ensemble
@@ -30,8 +30,8 @@ def test_a_minute_of_training_cuts_the_held_out_force_error_threefold(
     pred = Ensemble.load(folder).predict(test)
     for k in range(3):
         record = TrainRecord.load(folder / f"member-{k}")
-        assert record.n_train == 100 and record.steps > 0 and record.history
-        assert record.wall_seconds <= 60 + 15
+        assert record.n_train == 100 and record.steps == 50 * 20 and len(record.history) == 50
+        assert record.stopped_by == "epoch budget" and not record.converged
         errors = [np.abs(pred.forces[i][k] - a.get_forces()).mean() for i, a in enumerate(test)]
         held_out = float(np.mean(errors))
         assert record.initial_val_force_mae / held_out >= 3.0, (
@@ -149,8 +149,8 @@ def test_mpiexec_trains_members_in_parallel(small_store, tmp_path):
             "xs",
             "--members",
             "2",
-            "--max-minutes",
-            "0.25",
+            "--max-epochs",
+            "10",
             "--no-package",
         ],
         capture_output=True,
