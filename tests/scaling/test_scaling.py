@@ -91,7 +91,7 @@ def test_a_real_small_fit_on_rmd17_gives_finite_exponents_with_intervals(malonal
 
     train, _ = malonaldehyde
     val = train[900:930]
-    training = TrainingConfig(size="xs", max_epochs=12, max_minutes=2, bootstrap=False)
+    training = TrainingConfig(size="xs", max_epochs=12, bootstrap=False)
     points = []
     for n in (10, 20, 40, 80, 160):  # the same passes over the data: compute grows with N
         record = train_member(train[:n], val, tmp_path / str(n), training, progress=False)
@@ -114,3 +114,32 @@ def test_probes_cover_three_fractions_at_two_sizes():
     assert next_size("l", ladder) is None and next_size("s", ladder) == "m"
     plan = plan_probes("s", ladder, [1.0, 0.25, 0.5])
     assert plan == [(s, f) for s in ("s", "xs") for f in (0.25, 0.5, 1.0)]
+
+
+def _with_refits(law, refits: list[dict]):
+    """``law`` carrying ``refits`` (parameter dicts) as its bootstrap samples."""
+    from dataclasses import replace
+
+    names = list(law.params)
+    return replace(law, samples={k: [r[k] for r in refits] for k in names}, bootstrap=len(refits))
+
+
+def test_a_stop_needs_the_bootstrap_refits_to_agree():
+    costs = Costs(label=10, train_current=600, train_next=2400)
+    law = _law(0.05, 0.01, 0.5, 0.01, 0.3)  # at the floor: the best fit says stop
+    sure = _with_refits(law, [dict(law.params, eps=law.params["eps"] * f) for f in (0.97, 1.03)])
+    d = decide(sure, 800, 500_000, 50, costs, 2e6)
+    assert d.action == "stop" and d.support == 1.0 and "100 % of bootstrap refits" in d.reason
+    # a floor whose interval spans the observed errors: most refits put it near zero
+    unsure = _with_refits(law, [dict(law.params, eps=0.001, A=3.0)] * 7 + [dict(law.params)] * 3)
+    d = decide(unsure, 800, 500_000, 50, costs, 2e6)
+    assert d.action == "data" and "only 30 % of its 10 bootstrap refits" in d.reason
+    assert d.support == pytest.approx(0.7)
+
+
+def test_a_larger_model_needs_the_bootstrap_refits_to_agree():
+    costs = Costs(label=10, train_current=600, train_next=2400)
+    law = _law(0.005, 0.05, 0.5, 20.0, 0.3)  # the model term dominates: grow
+    split = [dict(law.params, B=0.001)] * 5 + [dict(law.params)] * 5
+    d = decide(_with_refits(law, split), 400, 8_000, 50, costs, 30_000)
+    assert d.action == "data" and "grow the model in only 50 %" in d.reason
