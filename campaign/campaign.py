@@ -19,6 +19,7 @@ from sapis.dft.batch import BatchSummary, OnResult, label_pending
 from sapis.dft.labeller import PySCFLabeller
 from sapis.dft.protocol import Labeller
 from sapis.dft.reference import ReferenceOracle
+from sapis.dft.xtb import XTBLabeller
 from sapis.errors import InputError
 from sapis.io import carries_labels, read_structures
 from sapis.store import DatasetStore
@@ -29,9 +30,12 @@ MAY_CHANGE = {"stop", "approval"}
 
 def make_labeller(config: CampaignConfig) -> Labeller:
     """The campaign's labeller: the reference oracle when ``oracle`` names a labelled
-    pool, else PySCF at ``dft``'s level for ``system``'s charge and multiplicity."""
+    pool, else PySCF or xTB (``dft.program``) at ``dft``'s level for ``system``'s charge
+    and multiplicity."""
     if config.oracle is not None:
         return ReferenceOracle(config.oracle)
+    if config.dft.program == "xtb":
+        return XTBLabeller(config.dft, config.system.charge, config.system.multiplicity)
     return PySCFLabeller(config.dft, config.system.charge, config.system.multiplicity)
 
 

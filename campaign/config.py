@@ -41,19 +41,31 @@ class SelectionConfig(Strict):
 
     The trust window on the calibrated max force deviation (eV/Å): below ``lo`` a frame
     counts as accurate, above ``hi`` as failed (unphysical or hopeless), in between as a
-    candidate. ``labels_per_round`` caps each round's DFT labels. ``policy``
-    ``uncertainty`` takes a diverse set of candidates (farthest-point sampling from the
-    most uncertain); ``random`` draws uniformly from all explored frames (control arm).
+    candidate. With ``window: quantile`` (the default unless ``lo`` or ``hi`` is given)
+    the bounds come from the uncertainty's own distribution each round: ``lo`` is the
+    ``lo_quantile`` of the validation structures' uncertainty (a frame as certain as the
+    data the ensemble was checked on is accurate), ``hi`` the ``hi_quantile`` of the
+    explored frames' (the extreme tail is left out); ``window: fixed`` uses ``lo`` and
+    ``hi`` as given. ``labels_per_round`` caps each round's DFT labels. ``policy`` picks
+    among the candidates (see :mod:`sapis.campaign.selection`): ``uncertainty``
+    (farthest-point from the most uncertain), ``top-k``, ``lcmd`` or ``maxdet`` (batch
+    selection on the ensemble's features), or ``random`` (all explored frames, the
+    control arm).
     """
 
-    policy: Literal["uncertainty", "random"] = "uncertainty"
+    policy: Literal["uncertainty", "top-k", "lcmd", "maxdet", "random"] = "uncertainty"
+    window: Literal["quantile", "fixed"] = "quantile"
     lo: float = Field(0.05, ge=0.0)
     hi: float = Field(0.5, gt=0.0)
+    lo_quantile: float = Field(0.9, ge=0.0, lt=1.0)
+    hi_quantile: float = Field(0.99, gt=0.0, le=1.0)
     labels_per_round: int = Field(20, ge=1)
     seed: int = 0
 
     @model_validator(mode="after")
     def _window(self) -> "SelectionConfig":
+        if {"lo", "hi"} & self.model_fields_set and "window" not in self.model_fields_set:
+            self.window = "fixed"  # bounds given by hand mean a fixed window
         if self.lo >= self.hi:
             raise ValueError(f"trust window needs lo < hi, got lo={self.lo}, hi={self.hi}")
         return self

@@ -165,10 +165,12 @@ def round_table(rounds: list[RoundRecord]) -> list[Row]:
             "selected": r.selected,
             "max dev median (eV/Å)": _round3(r.max_force_dev_median),
             "max dev p95 (eV/Å)": _round3(r.max_force_dev_p95),
+            "window (eV/Å)": f"{_round3(r.window_lo)}–{_round3(r.window_hi)}",
             "test force MAE (meV/Å)": _mev(r.test_force_mae),
             "test energy MAE (meV)": _mev(r.test_energy_mae),
             "model size": r.size,
             "parameters": r.parameters,
+            "converged": f"{r.converged}/{r.members}" if r.members else "-",
             "DFT s": round(r.dft_seconds, 1),
         }
         for src in sources:
@@ -251,6 +253,14 @@ def markdown_report(
             summary += "No test force MAE measured yet."
         if last.stop_reason:
             summary += f" Stopped: {last.stop_reason}."
+        limited = [r.round for r in rounds if r.members and r.converged < r.members]
+        if limited:
+            summary += (
+                f"\n\n**Compute-limited:** in round(s) {', '.join(map(str, limited))} some "
+                "members stopped on their epoch budget or wall-time cap before their "
+                "validation error plateaued (column *converged*): more data may not lower "
+                "the error until training.max_epochs (or max_minutes) is raised."
+            )
         lines += [summary, "", "## Rounds", "", *markdown_table(round_table(rounds)), ""]
         if last.by_source:
             cols = ("accurate", "candidate", "failed")

@@ -2,17 +2,61 @@
 to ``selected.extxyz`` before the chosen structures are stored as pending."""
 
 from collections.abc import Sequence
+from pathlib import Path
 
+import numpy as np
 from ase import Atoms
 
 from sapis.campaign.campaign import Campaign
-from sapis.campaign.selection import Selection, select
+from sapis.campaign.selection import FEATURE_POLICIES, UNCERTAINTY, Selection, select
+from sapis.campaign.training import training_sets
 from sapis.io import read_frames, write_frames
+from sapis.surrogate.ensemble import Ensemble
 
 
-def select_round(campaign: Campaign, frames: Sequence[Atoms], r: int, labels: int) -> Selection:
+def window_bounds(
+    campaign: Campaign, frames: Sequence[Atoms], val_uncertainty: np.ndarray | None
+) -> tuple[float, float]:
+    """The trust window (lo, hi) in eV/Å: as configured (``window: fixed``), or ``lo``
+    the ``lo_quantile`` of the validation structures' calibrated max force deviation and
+    ``hi`` the ``hi_quantile`` of the explored frames' (``window: quantile``)."""
+    window = campaign.config.selection
+    if window.window == "fixed" or val_uncertainty is None or not len(val_uncertainty):
+        return window.lo, window.hi
+    lo = float(np.quantile(val_uncertainty, window.lo_quantile))
+    explored = np.array([float(a.info[UNCERTAINTY]) for a in frames])
+    explored = explored[np.isfinite(explored)]
+    hi = float(np.quantile(explored, window.hi_quantile)) if len(explored) else np.inf
+    return lo, max(hi, lo * (1 + 1e-9) + 1e-12)
+
+
+def _ensemble_view(campaign: Campaign, ensemble: Path, frames: Sequence[Atoms]) -> dict:
+    """What the selection needs from the ensemble: the validation uncertainty (quantile
+    window) and the features of the frames and of the training data (lcmd, maxdet)."""
+    window = campaign.config.selection
+    needs_features = window.policy in FEATURE_POLICIES
+    if window.window == "fixed" and not needs_features:
+        return {}
+    model = Ensemble.load(ensemble)
+    train, val = training_sets(campaign)
+    view: dict = {"val_uncertainty": model.predict(val).max_force_dev_calibrated}
+    if needs_features:
+        view["features"] = model.predict(frames, features=True).features
+        view["known"] = model.predict(train, features=True).features
+    return view
+
+
+def select_round(
+    campaign: Campaign,
+    frames: Sequence[Atoms],
+    r: int,
+    labels: int,
+    ensemble: Path | None = None,
+) -> Selection:
     """Choose at most ``labels`` of round ``r``'s explored ``frames`` for labelling (fewer
-    when ``stop.max_labels`` is near) and store them ``pending``.
+    when ``stop.max_labels`` is near) and store them ``pending``. ``ensemble`` (the one
+    that scored the frames) gives the quantile window and the features of ``lcmd`` and
+    ``maxdet``.
 
     The choice is written to ``selected.extxyz`` before anything is stored, so a rerun
     after a kill stores the same structures (the store skips those it has) instead of
@@ -21,8 +65,10 @@ def select_round(campaign: Campaign, frames: Sequence[Atoms], r: int, labels: in
     window, store = campaign.config.selection, campaign.store
     chosen_path = campaign.folder.selected_path(r)
     seed = window.seed + r
+    view = _ensemble_view(campaign, ensemble, frames) if ensemble is not None else {}
+    lo, hi = window_bounds(campaign, frames, view.get("val_uncertainty"))
     if chosen_path.is_file():
-        sel = select(frames, 0, window.lo, window.hi, window.policy, seed=seed)
+        sel = select(frames, 0, lo, hi, "random", seed=seed)
         sel.chosen = read_frames(chosen_path)
         chosen = {a.info["hash"] for a in sel.chosen}
         for a in frames:
@@ -34,7 +80,15 @@ def select_round(campaign: Campaign, frames: Sequence[Atoms], r: int, labels: in
         if max_labels is not None:
             labels = min(labels, max(max_labels - store.count(status="labelled"), 0))
         sel = select(
-            frames, labels, window.lo, window.hi, window.policy, stored=store.hashes(), seed=seed
+            frames,
+            labels,
+            lo,
+            hi,
+            window.policy,
+            stored=store.hashes(),
+            seed=seed,
+            features=view.get("features"),
+            known=view.get("known"),
         )
         for a in sel.chosen:
             a.info["round"] = r

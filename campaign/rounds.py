@@ -25,6 +25,8 @@ class RoundRecord:
     frames by the trust window, ``by_source`` the same per exploration source with the
     selected ones; ``labels`` is the labelled rows in the store after the round,
     ``dft_seconds`` the DFT time this round paid, ``seconds`` the wall time per stage.
+    ``converged`` counts the ensemble's members whose training converged (validation
+    plateau) out of ``members``: fewer means the round's models are compute-limited.
     """
 
     round: int
@@ -40,12 +42,16 @@ class RoundRecord:
     by_source: dict[str, dict[str, int]] = field(default_factory=dict)
     max_force_dev_median: float = NAN  # eV/Å, calibrated, over explored frames
     max_force_dev_p95: float = NAN
+    window_lo: float = NAN  # the trust window used (eV/Å)
+    window_hi: float = NAN
     test_force_mae: float = NAN
     test_energy_mae: float = NAN
     val_force_mae: float = NAN
     n_test: int = 0
     size: str = ""
     parameters: int = 0
+    members: int = 0
+    converged: int = 0
     policy: str = ""
     dft_seconds: float = 0.0
     seconds: dict[str, float] = field(default_factory=dict)
@@ -60,6 +66,7 @@ class RoundRecord:
         self.selected, self.duplicates = len(sel.chosen), sel.duplicates
         self.max_force_dev_median = sel.uncertainty_median
         self.max_force_dev_p95 = sel.uncertainty_p95
+        self.window_lo, self.window_hi = sel.lo, sel.hi
         proposed: dict[str, dict[str, int]] = {}
         for summary in explorations:
             proposed.update(summary.get("by_source", {}))
@@ -75,6 +82,7 @@ class RoundRecord:
         self.new_labels, self.failed_labels = labels["new_labels"], labels["failed_labels"]
         self.dft_seconds = labels["dft_seconds"]
         self.size, self.parameters = ensemble.size, ensemble.parameters
+        self.members, self.converged = len(ensemble.members), ensemble.converged_members
         self.val_force_mae = ensemble.best_val_force_mae
         self.test_force_mae = evaluation["force_mae"]
         self.test_energy_mae = evaluation["energy_mae"]

@@ -3,11 +3,23 @@
 DP-GEN's trust window sorts candidates by their (calibrated) max force deviation ``u``
 in eV/Å: ``u < lo`` the ensemble is already accurate there, ``u > hi`` the frame is
 most likely unphysical or far outside what the ensemble can learn from one label, and
-``lo <= u <= hi`` is worth DFT. From the in-window frames a diverse set within the
-round's label budget is taken by farthest-point sampling on an invariant descriptor,
-starting from the most uncertain frame; structures the store holds already are dropped
-first. ``policy="random"`` draws the same number from all explored frames instead: the
-control arm of a comparison.
+``lo <= u <= hi`` is worth DFT. Structures the store holds already are dropped first.
+The round's label budget is taken by one of the policies, from the in-window frames
+(``uncertainty``, ``top-k``) or from every frame not above ``hi`` (``lcmd``, ``maxdet``:
+their features already say what the labelled data cover, and cutting at ``lo`` would
+leave them only the tail):
+
+- ``uncertainty``: farthest-point sampling on Coulomb-matrix eigenvalues, starting from
+  the most uncertain frame (DP-GEN-like; it favours outliers);
+- ``top-k``: the most uncertain frames;
+- ``lcmd``: largest-cluster-maximum-distance batch selection on the ensemble's
+  last-layer features (Holzmüller et al., JMLR 2023): the labelled data are the first
+  cluster centres; each pick is the farthest frame of the cluster with the largest
+  summed squared distance, so picks are spread where unlabelled mass is;
+- ``maxdet``: greedy maximum determinant on the same features: each pick has the largest
+  posterior variance of a Bayesian linear model on the features, conditioned on the
+  labelled data and the picks so far;
+- ``random``: uniformly from all explored frames, the control arm of a comparison.
 """
 
 from collections.abc import Sequence
@@ -22,6 +34,10 @@ from sapis.structures import structure_hash
 UNCERTAINTY = "max_force_dev_calibrated"
 
 ACCURATE, CANDIDATE, FAILED = "accurate", "candidate", "failed"
+
+POLICIES = ("uncertainty", "top-k", "lcmd", "maxdet", "random")
+#: Policies that need the ensemble's features of the frames and of the labelled data.
+FEATURE_POLICIES = ("lcmd", "maxdet")
 
 
 def classify(max_force_dev: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -63,6 +79,77 @@ def farthest_point(features: np.ndarray, k: int, first: int = 0) -> list[int]:
     return chosen
 
 
+def standardise(pool: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both feature sets z-scored with the labelled data's column means and spreads
+    (columns constant there are scaled by the pool's), then scaled so that a labelled
+    row has unit mean squared norm."""
+    ref = known if len(known) > 1 else np.vstack([known, pool])
+    mean, std = ref.mean(axis=0), ref.std(axis=0)
+    std = np.where(std > 1e-12, std, pool.std(axis=0) + 1e-12)
+    pool, known = (pool - mean) / std, (known - mean) / std
+    scale = np.sqrt(np.mean(np.sum(known**2, axis=1))) if len(known) else 1.0
+    return pool / max(scale, 1e-12), known / max(scale, 1e-12)
+
+
+def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d = np.sum(a**2, axis=1)[:, None] + np.sum(b**2, axis=1)[None, :] - 2.0 * a @ b.T
+    return np.maximum(d, 0.0)
+
+
+def lcmd(pool: np.ndarray, known: np.ndarray, k: int) -> list[int]:
+    """Indices of ``k`` rows of ``pool`` by LCMD with the rows of ``known`` (labelled data)
+    as the first centres (with none, the first pick is the row farthest from the mean)."""
+    n = len(pool)
+    if k <= 0 or n == 0:
+        return []
+    if len(known):
+        d2_all = _squared_distances(pool, known)
+        owner = np.argmin(d2_all, axis=1)
+        d2 = d2_all[np.arange(n), owner]
+        centres = len(known)
+    else:
+        d2 = np.sum((pool - pool.mean(axis=0)) ** 2, axis=1)
+        owner = np.zeros(n, dtype=int)
+        centres = 1
+    chosen: list[int] = []
+    while len(chosen) < min(k, n):
+        mass = np.bincount(owner, weights=d2, minlength=centres)
+        cluster = int(np.argmax(mass))
+        pick = int(np.argmax(np.where(owner == cluster, d2, -1.0)))
+        if d2[pick] <= 1e-12:  # only copies of centres remain
+            break
+        chosen.append(pick)
+        new = np.sum((pool - pool[pick]) ** 2, axis=1)
+        closer = new < d2
+        d2, owner = np.where(closer, new, d2), np.where(closer, centres, owner)
+        centres += 1
+    return chosen
+
+
+def max_det(pool: np.ndarray, known: np.ndarray, k: int, noise: float = 1e-3) -> list[int]:
+    """Indices of ``k`` rows of ``pool`` by greedy maximum determinant: each pick has the
+    largest posterior variance of y = w·x (prior w ~ N(0, I), label noise ``noise``)
+    given the rows of ``known`` and the picks before it."""
+    n, dims = pool.shape
+    if k <= 0 or n == 0:
+        return []
+    precision = np.eye(dims) + known.T @ known / noise
+    cov = np.linalg.inv(precision)
+    var = np.einsum("ij,jk,ik->i", pool, cov, pool)
+    chosen: list[int] = []
+    while len(chosen) < min(k, n):
+        pick = int(np.argmax(var))
+        if var[pick] <= 1e-12:
+            break
+        chosen.append(pick)
+        v = cov @ pool[pick]
+        denominator = noise + pool[pick] @ v
+        var = var - (pool @ v) ** 2 / denominator
+        var[chosen] = -np.inf
+        cov = cov - np.outer(v, v) / denominator
+    return chosen
+
+
 @dataclass
 class Selection:
     """Frames chosen for DFT and the counts a DP-GEN user reads first, with the median
@@ -76,6 +163,8 @@ class Selection:
     by_source: dict[str, dict[str, int]] = field(default_factory=dict)
     uncertainty_median: float = float("nan")
     uncertainty_p95: float = float("nan")
+    lo: float = float("nan")  # the trust window used (eV/Å)
+    hi: float = float("nan")
 
     @property
     def explored(self) -> int:
@@ -100,24 +189,37 @@ def select(
     stored: set[str] | None = None,
     seed: int = 0,
     key: str = UNCERTAINTY,
+    features: np.ndarray | None = None,
+    known: np.ndarray | None = None,
 ) -> Selection:
     """Pick at most ``budget`` frames to label.
 
     Each frame carries its uncertainty in ``atoms.info[key]`` (eV/Å). ``stored`` holds the
     structure hashes already in the dataset; those frames, and repeats within ``frames``,
-    are never chosen. The chosen frames get ``info["uncertainty"]`` and ``info["hash"]``.
+    are never chosen. ``lcmd`` and ``maxdet`` need ``features`` (one row per frame) and
+    ``known`` (the labelled data's rows), e.g. :meth:`Ensemble.predict` with
+    ``features=True``. The chosen frames get ``info["uncertainty"]`` and ``info["hash"]``.
     """
-    if policy not in ("uncertainty", "random"):
-        raise InputError(f"unknown selection policy {policy!r}; choose uncertainty or random")
+    if policy not in POLICIES:
+        raise InputError(f"unknown selection policy {policy!r}; choose one of {POLICIES}")
     if budget < 0:
         raise InputError(f"label budget must be >= 0, got {budget}")
     frames = list(frames)
+    if policy in FEATURE_POLICIES:
+        if features is None or known is None:
+            raise InputError(f"policy {policy!r} needs the features of the frames and the data")
+        if len(features) != len(frames) or features.shape[1:] != known.shape[1:]:
+            raise InputError(
+                f"policy {policy!r}: {len(features)} feature rows of width "
+                f"{features.shape[1:]} for {len(frames)} frames and data of width "
+                f"{known.shape[1:]}"
+            )
     missing = [i for i, a in enumerate(frames) if key not in a.info]
     if missing:
         raise InputError(f"frame {missing[0]} has no {key!r} in info: predict it first")
     u = np.array([float(a.info[key]) for a in frames])
     classes = classify(u, lo, hi)
-    sel = Selection(chosen=[])
+    sel = Selection(chosen=[], lo=lo, hi=hi)
     if len(u):
         sel.uncertainty_median, sel.uncertainty_p95 = map(float, np.percentile(u, [50, 95]))
     for c, a in zip(classes, frames):
@@ -140,17 +242,28 @@ def select(
         rng = np.random.default_rng(seed)
         picked = sorted(rng.permutation(fresh)[:budget].tolist()) if fresh else []
     else:
-        pool = [i for i in fresh if classes[i] == CANDIDATE]
-        if not pool:
-            picked = []
-        else:
-            feats = np.array([descriptor(frames[i]) for i in pool])
-            feats = (feats - feats.mean(axis=0)) / (feats.std(axis=0) + 1e-12)
-            first = int(np.argmax(u[pool]))
-            picked = [pool[j] for j in farthest_point(feats, budget, first)]
+        # the feature policies weigh what the labelled data cover themselves, so they
+        # choose from every frame the window does not reject; the others from the window
+        keep = (CANDIDATE, ACCURATE) if policy in FEATURE_POLICIES else (CANDIDATE,)
+        pool = [i for i in fresh if classes[i] in keep]
+        picked = [pool[j] for j in _pick(policy, pool, frames, u, budget, features, known)]
     for i in picked:
         frames[i].info["uncertainty"] = float(u[i])
         counts = sel.by_source[str(frames[i].info.get("source", "?"))]
         counts["selected"] = counts.get("selected", 0) + 1
     sel.chosen = [frames[i] for i in picked]
     return sel
+
+
+def _pick(policy, pool, frames, u, budget, features, known) -> list[int]:
+    """Positions in ``pool`` (indices of in-window frames) that ``policy`` picks."""
+    if not pool or budget == 0:
+        return []
+    if policy == "top-k":
+        return list(np.argsort(-u[pool], kind="stable")[:budget])
+    if policy == "uncertainty":
+        feats = np.array([descriptor(frames[i]) for i in pool])
+        feats = (feats - feats.mean(axis=0)) / (feats.std(axis=0) + 1e-12)
+        return farthest_point(feats, budget, int(np.argmax(u[pool])))
+    candidates, data = standardise(np.asarray(features)[pool], np.asarray(known))
+    return (lcmd if policy == "lcmd" else max_det)(candidates, data, budget)

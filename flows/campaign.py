@@ -103,7 +103,7 @@ def run_round(session: Session, overrides: RoundOverrides) -> RoundRecord:
         for source, counts in summary.get("by_source", {}).items():
             print(f"round {r}: {source} {counts}")
     with timed(record.seconds, "select"):
-        sel = stages.select_for_labelling(session, md + generated, r, plan.labels)
+        sel = stages.select_for_labelling(session, md + generated, r, plan.labels, parent)
     record.add_selection(sel, explored, proposed)
     print(
         f"round {r}: {sel.accurate} accurate, {sel.candidate} candidate, {sel.failed} failed; "

@@ -26,6 +26,7 @@ class Prediction:
     energies: np.ndarray
     forces: list[np.ndarray]
     calibration: Calibration
+    features: np.ndarray | None = None  # (S, K·T·F) last-layer features, when asked for
 
     @property
     def energy_mean(self) -> np.ndarray:
@@ -143,8 +144,16 @@ class Ensemble:
             out.append(data)
         return out
 
-    def predict(self, images: Sequence[Atoms], batch_size: int = 64) -> Prediction:
-        """Every member on every structure, ``batch_size`` structures per model call."""
+    def predict(
+        self, images: Sequence[Atoms], batch_size: int = 64, features: bool = False
+    ) -> Prediction:
+        """Every member on every structure, ``batch_size`` structures per model call.
+
+        With ``features``, also each structure's last-layer features: per member and
+        element, the sum over that element's atoms of the invariant features the energy
+        readout acts on (the model's energy is linear in them), concatenated into one
+        row per structure; comparable across structures of different sizes and orders.
+        """
         from nequip.data import AtomicDataDict
 
         images = list(images)
@@ -153,6 +162,7 @@ class Ensemble:
             return Prediction(np.zeros((self.member_count, 0)), [], self.calibration)
         energies = np.zeros((self.member_count, len(images)))
         forces = [np.zeros((self.member_count, len(a), 3)) for a in images]
+        blocks: list[list[np.ndarray]] = [[] for _ in self.models]
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
             batch = AtomicDataDict.batched_from_list(self.graphs(chunk))
@@ -165,4 +175,18 @@ class Ensemble:
                 energies[k, start : start + len(chunk)] = e
                 for j in range(len(chunk)):
                     forces[start + j][k] = f[bounds[j] : bounds[j + 1]]
-        return Prediction(energies, forces, self.calibration)
+                if features:
+                    blocks[k].append(self._pooled(out, len(chunk)))
+        pooled = np.hstack([np.vstack(b) for b in blocks]) if features else None
+        return Prediction(energies, forces, self.calibration, pooled)
+
+    def _pooled(self, out: dict, structures: int) -> np.ndarray:
+        """(structures, T·F): node features summed per structure and atom type."""
+        from nequip.data import AtomicDataDict
+
+        h = out[AtomicDataDict.NODE_FEATURES_KEY].detach()
+        types = out[AtomicDataDict.ATOM_TYPE_KEY].reshape(-1)
+        batch = out[AtomicDataDict.BATCH_KEY].reshape(-1)
+        t, f = len(self.type_names), h.shape[1]
+        sums = h.new_zeros((structures * t, f)).index_add_(0, batch * t + types, h)
+        return sums.reshape(structures, t * f).cpu().numpy().astype(float)

@@ -49,10 +49,10 @@ def propose_with_generator(
 
 @task(name="select", cache_policy=NONE)
 def select_for_labelling(
-    session: Session, candidates: list[Atoms], round_: int, labels: int
+    session: Session, candidates: list[Atoms], round_: int, labels: int, ensemble: Path
 ) -> Selection:
-    """Trust window, diversity, budget; the chosen structures stored as pending."""
-    return select_round(session.campaign, candidates, round_, labels)
+    """Trust window, the policy's picks within the budget; stored as pending."""
+    return select_round(session.campaign, candidates, round_, labels, ensemble)
 
 
 @task(name="label", cache_policy=NONE)

@@ -88,3 +88,87 @@ def test_descriptor_is_invariant_and_farthest_point_spreads_out():
     points = np.array([[0.0], [0.1], [1.0], [1.1], [5.0]])
     assert farthest_point(points, 3, first=0) == [0, 4, 3]
     assert farthest_point(np.zeros((4, 2)), 3) == [0]
+
+
+# --- the policies on constructed cases ----------------------------------------------------
+
+
+def _featured(points, uncertainties):
+    """Frames (distinct water geometries) whose features are ``points``."""
+    frames = _frames(uncertainties)
+    return frames, np.asarray(points, dtype=float)
+
+
+def _cluster_case():
+    """Ten near-copies of one point and three distinct points (each along its own axis of
+    a 6-d feature space), all equally uncertain, with labelled data about the origin."""
+    rng = np.random.default_rng(0)
+    axes = 4.0 * np.eye(6)
+    cluster = axes[0] + 0.01 * rng.standard_normal((10, 6))
+    points = np.vstack([cluster, axes[1:4]])
+    known = 0.3 * rng.standard_normal((20, 6))
+    frames, feats = _featured(points, [0.2] * 13)
+    return frames, feats, known
+
+
+@pytest.mark.parametrize("policy", ["uncertainty", "lcmd", "maxdet"])
+def test_a_cluster_of_near_copies_gets_one_pick(policy):
+    frames, feats, known = _cluster_case()
+    if policy == "uncertainty":  # farthest-point works on the structures' own descriptor
+        for atoms, p in zip(frames[:10], feats[:10]):
+            atoms.positions = frames[0].positions + 1e-4 * p[0]
+    sel = select(frames, 4, 0.05, 0.5, policy, features=feats, known=known)
+    picked = [frames.index(a) for a in sel.chosen]
+    assert len(picked) == 4 and sum(i < 10 for i in picked) == 1, picked
+
+
+@pytest.mark.parametrize("policy", ["uncertainty", "top-k"])
+def test_a_far_certain_frame_is_not_picked_over_a_near_uncertain_one(policy):
+    frames = _frames([0.01, 0.3])
+    frames[0].positions *= 1.3  # far from the other in the descriptor, but certain
+    sel = select(frames, 1, 0.05, 0.5, policy)
+    assert sel.chosen == [frames[1]]
+
+
+@pytest.mark.parametrize("policy", ["lcmd", "maxdet"])
+def test_feature_policies_pick_what_the_data_do_not_cover_and_never_past_hi(policy):
+    # a frame the labelled data cover (low uncertainty, on top of them), one they do not
+    # (far in feature space, moderately uncertain), and an unphysical one past hi
+    known = np.array([[0.0, 0.0], [0.1, 0.0], [0.0, 0.1], [-0.1, -0.1]])
+    frames, feats = _featured([[0.05, 0.05], [3.0, 2.0], [9.0, 9.0]], [0.01, 0.3, 5.0])
+    sel = select(frames, 1, 0.05, 0.5, policy, features=feats, known=known)
+    assert sel.chosen == [frames[1]]
+    sel = select(frames, 3, 0.05, 0.5, policy, features=feats, known=known)
+    assert frames[2] not in sel.chosen
+
+
+def test_top_k_takes_the_most_uncertain_in_the_window():
+    frames = _frames([0.01, 0.3, 0.1, 0.45, 0.2, 2.0])
+    sel = select(frames, 2, 0.05, 0.5, "top-k")
+    assert [a.info["uncertainty"] for a in sel.chosen] == [0.45, 0.3]
+
+
+def test_lcmd_fills_the_largest_unlabelled_mass_first():
+    # a dense far group of 30 and a lone far point: the first pick is in the dense group
+    rng = np.random.default_rng(1)
+    group = np.array([6.0, 0.0]) + 0.5 * rng.standard_normal((30, 2))
+    points = np.vstack([group, [[0.0, 7.0]]])
+    frames, feats = _featured(points, [0.2] * 31)
+    sel = select(frames, 1, 0.05, 0.5, "lcmd", features=feats, known=np.zeros((3, 2)))
+    assert frames.index(sel.chosen[0]) < 30
+
+
+def test_maxdet_skips_a_direction_the_data_cover():
+    # the data span x and z; a candidate far along x is known already, one along y is not
+    known = np.array([[-2.0, 0, 0], [2.0, 0, 0], [1.0, 0, 0], [0, 0, 1.0], [0, 0, -1.0]])
+    frames, feats = _featured([[3.0, 0, 0], [0, 1.0, 0]], [0.2] * 2)
+    sel = select(frames, 1, 0.05, 0.5, "maxdet", features=feats, known=known)
+    assert sel.chosen == [frames[1]]
+
+
+def test_feature_policies_refuse_missing_or_mismatched_features():
+    frames = _frames([0.1, 0.2])
+    with pytest.raises(InputError, match="needs the features"):
+        select(frames, 1, 0.05, 0.5, "lcmd")
+    with pytest.raises(InputError, match="feature rows"):
+        select(frames, 1, 0.05, 0.5, "maxdet", features=np.zeros((3, 2)), known=np.zeros((2, 2)))

@@ -34,7 +34,7 @@ def write_config(tmp_path: Path, **sections) -> Path:
         "database": "campaign/data.db",
         "split": {"val": 0.25, "test": 0.25},
         "pretrain": {"displaced": 12, "rattle": 0.08},
-        "training": {"size": "xs", "members": 2, "max_minutes": 0.1, "max_epochs": 40},
+        "training": {"size": "xs", "members": 2, "max_epochs": 40},
         "explore": {
             "temperatures": [300.0],
             "steps": 60,
@@ -83,11 +83,11 @@ def test_a_whole_campaign_runs_two_rounds_and_reports(prefect_server, tmp_path):
 
     config = write_config(
         tmp_path,
-        scaling={"enabled": True, "probe_minutes": 0.1, "bootstrap": 20, "floor_margin": 0.0},
+        scaling={"enabled": True, "bootstrap": 20, "floor_margin": 0.0},
         generator={
             "share": 0.5,
             "min_samples": 20,
-            "max_minutes": 0.05,
+            "train_steps": 200,
             "hidden": 16,
             "layers": 2,
             "steps": 10,
@@ -328,7 +328,7 @@ def test_an_oracle_campaign_takes_candidates_and_labels_from_the_pool(
         "database": "campaign/data.db",
         "split": {"val": 0.2, "test": 0.2},
         "pretrain": {"displaced": 15, "seed": 1},
-        "training": {"size": "xs", "members": 2, "max_minutes": 0.1, "max_epochs": 20},
+        "training": {"size": "xs", "members": 2, "max_epochs": 20},
         "selection": {"lo": 0.0, "hi": 100.0, "labels_per_round": 5},
         "stop": {"max_rounds": 1},
         "scaling": {"enabled": False},
@@ -348,3 +348,38 @@ def test_an_oracle_campaign_takes_candidates_and_labels_from_the_pool(
     for atoms in labelled:
         reference = oracle.structures[oracle.index[atoms.info["hash"]]]
         assert atoms.get_potential_energy() == reference.get_potential_energy()
+
+
+def test_an_xtb_campaign_runs_end_to_end_with_lcmd_and_the_quantile_window(
+    prefect_server, tmp_path
+):
+    from sapis.flows.campaign import campaign
+    from sapis.flows.parameters import CampaignParameters
+
+    ase.io.write(tmp_path / "ethanol.xyz", molecule("CH3CH2OH"))
+    config = write_config(
+        tmp_path,
+        system={"structures": "ethanol.xyz"},
+        dft={"program": "xtb", "method": "GFN2-xTB"},
+        executor={"profile": "local", "workers": 2},
+        training={"max_epochs": 15, "patience": 5},
+        explore={"temperatures": [500.0], "steps": 200, "sample_every": 4},
+        selection={"policy": "lcmd", "window": "quantile", "labels_per_round": 6},
+        stop={"max_rounds": 2},
+    )
+    result = campaign(CampaignParameters(config=str(config)))
+    folder = CampaignFolder(tmp_path / "campaign")
+    records = folder.records()
+    assert [r.round for r in records] == [0, 1, 2] and result["stop_reason"]
+    store = DatasetStore(tmp_path / "campaign" / "data.db")
+    assert store.levels() == {"GFN2-xTB"}
+    assert store.count(status="labelled") == records[-1].labels == 12 + 6 + 6
+    for r in records[1:]:
+        assert r.selected == r.new_labels == 6 and r.policy == "lcmd"
+        # the window comes from the uncertainty's distribution, not from the config
+        assert 0 < r.window_lo < r.window_hi and r.window_hi != 1000.0
+        assert r.members == 2 and 0 <= r.converged <= 2
+    report = Path(result["report"]).read_text()
+    assert "| converged |" in report and "| window (eV/Å) |" in report
+    row = next(iter(store.db.select(status="labelled")))
+    assert row.program.startswith("tblite-") and row.data["dft"]["method"] == "GFN2-xTB"
