@@ -95,7 +95,7 @@ def explore(
             atoms = Atoms(
                 seeds[i].numbers, seeds[i].positions, cell=seeds[i].cell, pbc=seeds[i].pbc
             )
-            atoms.calc = EnsembleCalculator(ensemble)
+            atoms.calc = EnsembleCalculator(ensemble, bias=settings.bias)
             parent = seeds[i].info.get("hash") or structure_hash(seeds[i])
             check = (
                 ValidityFilter.from_reference(seeds[i], settings.min_distance)

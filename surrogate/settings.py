@@ -60,6 +60,8 @@ class ExploreConfig(Strict):
     steps. A trajectory stops when the max force deviation (calibrated, eV/Å) exceeds
     ``stop_force_dev``, when two atoms come closer than ``min_distance`` Å, or when a
     covalent bond breaks or forms, or (for a chiral molecule) a stereo centre inverts.
+    ``bias`` w (1/eV, 0: none) runs uncertainty-biased MD on Ē − w·σ²_E, pulling the
+    trajectories toward where the members disagree.
     """
 
     temperatures: list[float] = Field(default_factory=lambda: [300.0, 600.0], min_length=1)
@@ -70,6 +72,7 @@ class ExploreConfig(Strict):
     stop_force_dev: float = Field(1.0, gt=0.0)
     min_distance: float = Field(0.7, gt=0.0)
     check_bonds: bool = True
+    bias: float = Field(0.0, ge=0.0)
     seed: int = 0
 
     @field_validator("temperatures")

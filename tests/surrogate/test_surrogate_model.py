@@ -142,3 +142,25 @@ def test_packaged_members_predict_what_checkpoints_predict(tiny_ensemble, malona
         )
         forces = out[AtomicDataDict.FORCE_KEY].detach().numpy()
         np.testing.assert_allclose(forces[:9], pred.forces[0][k], atol=1e-8)
+
+
+def test_the_uncertainty_bias_lowers_the_energy_by_the_variance_and_its_forces_match(
+    tiny_ensemble, malonaldehyde
+):
+    ensemble = Ensemble.load(tiny_ensemble)
+    atoms = malonaldehyde[1][0].copy()
+    pred = ensemble.predict([atoms])
+    atoms.calc = EnsembleCalculator(ensemble, bias=50.0)
+    expected = pred.energy_mean[0] - 50.0 * pred.energy_std[0] ** 2
+    assert atoms.get_potential_energy() == pytest.approx(expected, abs=1e-10)
+    forces, h = atoms.get_forces(), 1e-4
+    for i, axis in [(0, 0), (4, 2)]:
+        energies = []
+        for sign in (1, -1):
+            moved = atoms.copy()
+            moved.positions[i, axis] += sign * h
+            moved.calc = EnsembleCalculator(ensemble, bias=50.0)
+            energies.append(moved.get_potential_energy())
+        assert forces[i, axis] == pytest.approx(-(energies[0] - energies[1]) / (2 * h), abs=1e-5)
+    with pytest.raises(InputError, match="bias"):
+        EnsembleCalculator(ensemble, bias=-1.0)
