@@ -48,7 +48,7 @@ from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 from ase.optimize import BFGS
 from ase.parallel import DummyMPI
-from common import DATA, record, result_path, timestamp, write_markdown
+from common import DATA, read_records, record, result_path, timestamp, write_markdown
 
 NAME = "al_worlds"
 TIMESTEP = 0.5  # fs
@@ -357,13 +357,15 @@ def build_world(molecule: str, args) -> dict:
 
 
 def run(args) -> list[dict]:
+    """Every arm for each seed and molecule (seeds outermost, so that a run cut short
+    still covers every molecule); each result row is recorded as soon as it exists."""
     rows: list[dict] = []
-    for molecule in args.molecules:
-        world = build_world(molecule, args)
-        for seed in range(args.seeds):
+    worlds = [build_world(molecule, args) for molecule in args.molecules]
+    for seed in range(args.seeds):
+        for world in worlds:
+            molecule = world["molecule"]
             with tempfile.TemporaryDirectory() as tmp_name:
                 tmp = Path(tmp_name)
-                finals = {}
                 for arm in args.arms:
                     started = time.perf_counter()
                     out: list[dict] = []
@@ -392,7 +394,6 @@ def run(args) -> list[dict]:
                         ens = pool_arm(
                             arm.removeprefix("pool-"), world["pool"], world, args, seed, tmp, out
                         )
-                    finals[arm] = ens
                     if args.stability_trajectories:
                         out[-1]["stability"] = stability(ens, world["seed"], args, seed)
                     for r in out:
@@ -533,9 +534,12 @@ def main() -> None:
     )
     parser.add_argument("--stability-trajectories", type=int, default=8)
     parser.add_argument("--stability-ps", type=float, default=10.0)
+    parser.add_argument(
+        "--summarise", action="store_true", help="only rewrite the page from the recorded rows"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
-    rows = run(args)
+    rows = read_records(NAME) if args.summarise else run(args)
     summarise(rows)
     print(f"done in {time.perf_counter() - started:.0f} s", flush=True)
 

@@ -47,13 +47,14 @@ class SelectionConfig(Strict):
     data the ensemble was checked on is accurate), ``hi`` the ``hi_quantile`` of the
     explored frames' (the extreme tail is left out); ``window: fixed`` uses ``lo`` and
     ``hi`` as given. ``labels_per_round`` caps each round's DFT labels. ``policy`` picks
-    among the candidates (see :mod:`sapis.campaign.selection`): ``uncertainty``
-    (farthest-point from the most uncertain), ``top-k``, ``lcmd`` or ``maxdet`` (batch
-    selection on the ensemble's features), or ``random`` (all explored frames, the
-    control arm).
+    among the candidates (see :mod:`sapis.campaign.selection`): ``lcmd`` (the default:
+    batch selection on the ensemble's features, which never starves when every frame
+    is as certain as the validation data), ``maxdet`` (the same features, greedy
+    determinant), ``uncertainty`` (farthest-point from the most uncertain), ``top-k``,
+    or ``random`` (all explored frames, the control arm).
     """
 
-    policy: Literal["uncertainty", "top-k", "lcmd", "maxdet", "random"] = "uncertainty"
+    policy: Literal["uncertainty", "top-k", "lcmd", "maxdet", "random"] = "lcmd"
     window: Literal["quantile", "fixed"] = "quantile"
     lo: float = Field(0.05, ge=0.0)
     hi: float = Field(0.5, gt=0.0)

@@ -87,7 +87,7 @@ def test_a_whole_campaign_runs_two_rounds_and_reports(prefect_server, tmp_path):
         generator={
             "share": 0.5,
             "min_samples": 20,
-            "train_steps": 200,
+            "train_steps": 1500,
             "hidden": 16,
             "layers": 2,
             "steps": 10,
