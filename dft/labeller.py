@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ase import Atoms
 
 from sapis.dft.checks import check_for_dft
-from sapis.dft.settings import DFTSettings, Rung
+from sapis.dft.settings import XTB_ONLY, DFTSettings, Rung
 from sapis.labels import Attempt, LabelResult, base_provenance
 from sapis.units import gradient_to_forces, hartree_to_ev
 
@@ -107,7 +107,7 @@ def provenance(settings: DFTSettings, charge: int, multiplicity: int) -> dict:
         "method": "RKS" if multiplicity == 1 else "UKS",
         "charge": charge,
         "multiplicity": multiplicity,
-        **settings.model_dump(exclude={"ladder"}),
+        **settings.model_dump(exclude={"ladder", *XTB_ONLY}),
     }
 
 

@@ -36,6 +36,8 @@ DEFAULT_LADDER: tuple[Rung, ...] = (
 
 #: Tight-binding methods ``dft.program: xtb`` runs through tblite.
 XTB_METHODS = ("GFN2-xTB", "GFN1-xTB")
+#: Fields only ``dft.program: xtb`` reads (PySCF's provenance leaves them out).
+XTB_ONLY = frozenset({"program", "method", "accuracy", "electronic_temperature"})
 
 
 class DFTSettings(Strict):
