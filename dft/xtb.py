@@ -15,6 +15,7 @@ from importlib.metadata import version
 from ase import Atoms
 
 from sapis.dft.checks import check_electronic_state
+from sapis.dft.labeller import PySCFLabeller
 from sapis.dft.settings import DFTSettings
 from sapis.errors import InputError
 from sapis.labels import Attempt, LabelResult, base_provenance
@@ -91,33 +92,19 @@ def check_for_xtb(atoms: Atoms, charge: int, multiplicity: int, where: str = "st
 
 
 @dataclass
-class XTBLabeller:
+class XTBLabeller(PySCFLabeller):
     """GFN-xTB at ``settings.method`` for structures of total ``charge`` (e) and spin
-    ``multiplicity`` (2S+1): a :class:`~sapis.dft.protocol.Labeller`."""
+    ``multiplicity`` (2S+1): a :class:`~sapis.dft.protocol.Labeller` that shares
+    :class:`PySCFLabeller`'s settings, level and cores, with its own check and label."""
 
-    settings: DFTSettings
-    charge: int = 0
-    multiplicity: int = 1
-    remote: bool = True
     seconds_per_label: float = SECONDS_PER_LABEL
 
     def __post_init__(self) -> None:
         if self.settings.program != "xtb":
             raise InputError(f"XTBLabeller needs dft.program: xtb, got {self.settings.program}")
 
-    @property
-    def level(self) -> str:
-        return self.settings.level_of_theory
-
-    @property
-    def cores(self) -> int:
-        return self.settings.threads
-
     def check(self, atoms: Atoms, where: str = "structure") -> None:
         check_for_xtb(atoms, self.charge, self.multiplicity, where)
 
     def label(self, images: Sequence[Atoms]) -> list[LabelResult]:
         return [label_xtb(atoms, self.settings, self.charge, self.multiplicity) for atoms in images]
-
-    def pool(self) -> None:
-        return None
