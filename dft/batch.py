@@ -78,7 +78,8 @@ def label_pending(
     on_result: OnResult | None = None,
     dfk: DataFlowKernel | None = None,
 ) -> BatchSummary:
-    """Label the pending rows of ``store`` with ``labeller``; returns a :class:`BatchSummary`.
+    """Label the rows of ``store`` pending at the labeller's level (and those pending at
+    none in particular) with ``labeller``; returns a :class:`BatchSummary`.
 
     Every pending structure is checked by the labeller before any label starts (rows
     stored earlier, by other commands, too). A ``remote`` labeller runs on ``dfk`` (from
@@ -89,7 +90,7 @@ def label_pending(
     """
     start = time.monotonic()
     summary = BatchSummary(run=new_run_id())
-    todo = store.pending()
+    todo = store.pending(labeller.level)
     for row_id, atoms in todo:
         labeller.check(atoms, f"{store.url} row {row_id}")
     if not todo:

@@ -4,9 +4,15 @@ Each row holds a structure, its labels (energy in eV, forces in eV/Å, through A
 columns), and key-value pairs: ``status`` (pending | labelled | failed), ``reason`` for
 failures, ``level`` of theory, ``round``, ``split`` (train | val | test), provenance
 (``source``, ``temperature``, ``parent``), ``uncertainty`` at selection time, and label
-details (``rung``, ``label_seconds``, ``program``, ``run``). The row's ``unique_id`` is
-the canonical structure hash, so the database itself refuses a second copy of a
-structure: labelling is idempotent even with several writers at once.
+details (``rung``, ``label_seconds``, ``program``, ``run``).
+
+A structure may carry labels at several levels of theory (a cheap GFN2-xTB label beside
+a DFT one): a row is one (structure, level). Its ``unique_id`` is ``hash:level`` (see
+:func:`row_key`), so the database itself refuses a second copy of a structure at one
+level, and labelling is idempotent even with several writers at once. A pending row
+names the level it waits for; rows stored without a level (older stores, or pending
+rows added with none) keep the bare hash and count as stored at every level until
+labelled. Readers pick a level; nothing mixes levels silently.
 """
 
 import os
@@ -62,6 +68,16 @@ def check_split(split: str | None) -> None:
     """Raise :class:`InputError` unless ``split`` is None or one of :data:`SPLITS`."""
     if split is not None and split not in SPLITS:
         raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+
+
+def row_key(structure_hash: str, level: str | None) -> str:
+    """A row's ``unique_id``: the structure hash and, when known, the level."""
+    return structure_hash if not level else f"{structure_hash}:{level}"
+
+
+def hash_of(unique_id: str) -> str:
+    """The structure hash of a row's ``unique_id``."""
+    return unique_id.split(":", 1)[0]
 
 
 def split_for(structure_id: str, fractions: SplitConfig) -> str:
@@ -145,16 +161,28 @@ class DatasetStore:
 
     # --- writing -------------------------------------------------------------------------
 
-    def hashes(self, among: list[str] | None = None) -> set[str]:
-        """Structure hashes of every stored row (or of those ``among`` that are stored)."""
-        sql, args = "SELECT unique_id FROM systems", []
-        if among is not None:
-            sql += f" WHERE unique_id IN ({', '.join('?' * len(among))})"
-            args = list(among)
+    def keys(self) -> set[tuple[str, str | None]]:
+        """(structure hash, level) of every stored row; level None for a row stored
+        without one."""
+        sql = (
+            "SELECT s.unique_id, t.value FROM systems AS s LEFT JOIN text_key_values AS t "
+            "ON t.id = s.id AND t.key = 'level'"
+        )
         with self.db.managed_connection() as con:
             cur = con.cursor()
-            cur.execute(sql, args)
-            return {r[0] for r in cur.fetchall()}
+            cur.execute(sql)
+            return {(hash_of(uid), value) for uid, value in cur.fetchall()}
+
+    def hashes(self, level: str | None = None) -> set[str]:
+        """Structure hashes of the stored rows: at ``level`` (rows without a level count
+        as stored at every level), or at any level when None."""
+        return {h for h, at in self.keys() if level is None or at in (level, None)}
+
+    def _has_key(self, unique_id: str) -> bool:
+        with self.db.managed_connection() as con:
+            cur = con.cursor()
+            cur.execute("SELECT 1 FROM systems WHERE unique_id = ?", [unique_id])
+            return cur.fetchone() is not None
 
     def add(
         self,
@@ -163,25 +191,32 @@ class DatasetStore:
         fractions: SplitConfig | None = None,
         level: str | None = None,
     ) -> AddReport:
-        """Store structures that are not stored yet.
+        """Store structures that are not stored yet at their level.
 
         Structures carrying energy and forces are stored ``labelled`` at ``level`` (or
         their own ``atoms.info["level"]``; a label without a level is refused); the rest
-        ``pending``. ``split`` forces one split for all; otherwise it is drawn from each
-        hash with ``fractions``.
+        ``pending``, waiting for a label at ``level``. ``split`` forces one split for
+        all; otherwise it is drawn from each hash with ``fractions`` (so a structure
+        has the same split at every level).
         """
         check_split(split)
         fractions = fractions or SplitConfig()
         report = AddReport()
-        stored = self.hashes()
+        stored = self.keys()
+        anywhere = {h for h, at in stored if at is None}  # stored without a level
+        hashed = {h for h, _ in stored}
         rows = []
         for atoms in images:
             h = structure_hash(atoms)
-            if h in stored:
+            at = (level or atoms.info.get("level")) if carries_labels(atoms) else level
+            if h in anywhere or (h, at) in stored or (at is None and h in hashed):
                 report.duplicates += 1
                 continue
-            stored.add(h)
-            rows.append(self._new_row(atoms, h, split or split_for(h, fractions), level))
+            stored.add((h, at))
+            hashed.add(h)
+            if at is None:
+                anywhere.add(h)
+            rows.append(self._new_row(atoms, h, split or split_for(h, fractions), at))
         try:
             with self.db:
                 report.added = [self.db.write(*row) for row in rows]
@@ -202,17 +237,18 @@ class DatasetStore:
             try:
                 return self.db.write(row, kvp, data)
             except _DUPLICATE:
-                if self.hashes(among=[row.unique_id]):
+                if self._has_key(row.unique_id):
                     return None
         raise RuntimeError(f"could not store structure {row.unique_id} after {tries} tries")
 
     def _new_row(self, atoms: Atoms, h: str, split: str, level: str | None) -> tuple:
         kvp = {"status": "pending", "split": split, **_provenance(atoms)}
+        if level:
+            kvp["level"] = level
         plain = Atoms(
             numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc
         )
         if carries_labels(atoms):
-            level = level or atoms.info.get("level")
             if not level:
                 raise InputError("labelled structures need a level of theory")
             results = atoms.calc.results
@@ -222,20 +258,26 @@ class DatasetStore:
                 forces=np.asarray(results["forces"], dtype=float),
             )
             kvp.update(status="labelled", level=level)
+            if isinstance(atoms.info.get("label_seconds"), int | float):  # what it cost
+                kvp["label_seconds"] = round(float(atoms.info["label_seconds"]), 4)
         row = AtomsRow(atoms2dict(plain))
-        row.unique_id, row.ctime, row.user = h, ase.db.core.now(), os.getenv("USER")
+        row.unique_id, row.ctime, row.user = row_key(h, level), ase.db.core.now(), os.getenv("USER")
         info = {k: v for k, v in atoms.info.items() if isinstance(v, str | int | float)}
         return row, kvp, {"info": info}
 
     def record(self, row_id: int, result: LabelResult, run: str) -> None:
         """Write a label outcome onto row ``row_id``: labels if converged, else ``failed``
-        with the reason. Every attempt of the fallback ladder goes into the row's data."""
+        with the reason. Every attempt of the fallback ladder goes into the row's data.
+        A row waiting for one level refuses a label at another."""
         old = self.db.get(id=row_id)
         atoms = old.toatoms()
         kvp = old.key_value_pairs
+        level = result.provenance.get("level", "unknown")
+        if kvp.get("level") not in (None, level):
+            raise ValueError(f"row {row_id} waits for a label at {kvp['level']}, not {level}")
         kvp.update(
             status="labelled" if result.converged else "failed",
-            level=result.provenance.get("level", "unknown"),
+            level=level,
             program=result.program,
             label_seconds=round(result.seconds, 3),
             run=run,
@@ -253,11 +295,11 @@ class DatasetStore:
         data.update(attempts=result.attempts_as_dicts(), dft=result.provenance)
         self.db.write(row, key_value_pairs=kvp, data=data, id=row_id)
 
-    def reset_failed(self) -> int:
-        """Set every ``failed`` row back to ``pending`` (e.g. after raising the time limit
-        or changing the ladder); the failure is kept in the row's data as
-        ``previous_failure``. Returns how many rows were reset."""
-        failed = list(self.db.select(status="failed"))
+    def reset_failed(self, level: str | None = None) -> int:
+        """Set every ``failed`` row (at ``level``, or at any) back to ``pending`` (e.g.
+        after raising the time limit or changing the ladder); the failure is kept in the
+        row's data as ``previous_failure``. Returns how many rows were reset."""
+        failed = list(self.db.select(status="failed", **({"level": level} if level else {})))
         with self.db:
             for row in failed:
                 previous = {"reason": row.get("reason"), "attempts": row.data.get("attempts")}
@@ -271,9 +313,14 @@ class DatasetStore:
 
     # --- reading -------------------------------------------------------------------------
 
-    def pending(self) -> list[tuple[int, Atoms]]:
-        """(row id, structure) of every row still waiting for a label."""
-        return [(r.id, r.toatoms()) for r in self.db.select(status="pending")]
+    def pending(self, level: str | None = None) -> list[tuple[int, Atoms]]:
+        """(row id, structure) of every row still waiting for a label: at ``level`` (and
+        those waiting for none in particular), or at any level when None."""
+        return [
+            (r.id, r.toatoms())
+            for r in self.db.select(status="pending")
+            if level is None or r.get("level") in (None, level)
+        ]
 
     def structures(self, include_failed: bool = False) -> list[Atoms]:
         """Every stored structure, labelled or not (failed labels only if asked)."""
@@ -297,16 +344,19 @@ class DatasetStore:
         images = []
         for r in self.db.select(**selection):
             atoms = r.toatoms()
-            atoms.info.update(r.key_value_pairs, hash=r.unique_id)
+            atoms.info.update(r.key_value_pairs, hash=hash_of(r.unique_id))
             images.append(atoms)
         return images
 
-    def label_seconds(self, round_: int | None = None, up_to_round: int | None = None) -> dict:
-        """DFT wall time of the labels: ``{"labelled": n, "failed": n, "seconds": [...]}``
+    def label_seconds(
+        self, round_: int | None = None, up_to_round: int | None = None, level: str | None = None
+    ) -> dict:
+        """Wall time of the labels: ``{"labelled": n, "failed": n, "seconds": [...]}``
         with one entry per row that recorded a time (labelled or failed), of round
-        ``round_`` only or of rounds up to ``up_to_round``, else of every row."""
+        ``round_`` only or of rounds up to ``up_to_round``, else of every row; at one
+        ``level`` when given."""
         out: dict = {"labelled": 0, "failed": 0, "seconds": []}
-        for r in self.db.select(include_data=False):
+        for r in self.db.select(include_data=False, **({"level": level} if level else {})):
             k = r.get("round", 0) or 0
             if (round_ is not None and k != round_) or (
                 up_to_round is not None and k > up_to_round
@@ -319,11 +369,30 @@ class DatasetStore:
                 out["seconds"].append(float(r.get("label_seconds")))
         return out
 
-    def export(self, path: str | Path, split: str | None = None) -> int:
-        """Write labelled rows to an extended XYZ file; returns how many."""
-        images = self.labelled(split)
+    def export(self, path: str | Path, split: str | None = None, level: str | None = None) -> int:
+        """Write the labelled rows at one level to an extended XYZ file (each frame keeps
+        its ``level``); returns how many. ``level`` may be left out only when the store
+        holds one level."""
+        level = self.pick_level(level)
+        images = self.labelled(split, level=level)
         ase.io.write(path, images, format="extxyz")
         return len(images)
+
+    def pick_level(self, level: str | None) -> str | None:
+        """``level`` checked against the labelled levels, or the only one when None; an
+        :class:`InputError` when the store has several and none was picked."""
+        levels = self.levels()
+        if level is None:
+            if len(levels) > 1:
+                raise InputError(
+                    f"{self.url} holds labels at several levels ({', '.join(sorted(levels))}): "
+                    "pick one with --level"
+                )
+            return next(iter(levels), None)
+        if level not in levels:
+            known = ", ".join(sorted(levels)) or "none"
+            raise InputError(f"{self.url} has no labels at level {level!r} (it has {known})")
+        return level
 
     def summary_rows(self) -> list[dict]:
         """One small dict per row for statistics and plots: status, split, round, level,

@@ -1,5 +1,6 @@
 """Verbs on data: ``sapis label`` and ``sapis db import | stats | export``."""
 
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -58,17 +59,18 @@ def label(
         database = db or config.database
         store = DatasetStore(database)
         other = store.levels() - {labeller.level}
-        if other:
-            raise InputError(
-                f"{database} holds labels at {', '.join(sorted(other))}; this config "
-                f"labels at {labeller.level}: use another database"
+        if other:  # allowed (a structure may carry several levels), but never silent
+            console.print(
+                f"{database} also holds labels at {', '.join(sorted(other))}; these are "
+                f"stored beside them at {labeller.level}"
             )
-        report = store.add(images, split=split, fractions=config.split)
+        report = store.add(images, split=split, fractions=config.split, level=labeller.level)
         if retry_failed:
-            console.print(f"{store.reset_failed()} failed rows set back to pending")
+            reset = store.reset_failed(labeller.level)
+            console.print(f"{reset} failed rows set back to pending")
     except InputError as err:
         raise fail(err) from None
-    pending = store.count(status="pending")
+    pending = len(store.pending(labeller.level))
     console.print(
         f"{len(images)} structures read: {len(report.added)} new, "
         f"{report.duplicates} already stored; {pending} to label at "
@@ -153,15 +155,30 @@ def db_stats(
     plot: Annotated[
         Path | None, typer.Option(help="Also draw distributions and counts to this PNG.")
     ] = None,
+    level: Annotated[
+        str | None,
+        typer.Option(
+            help="Only rows at this level of theory (needed to read label ranges "
+            "when the store holds several levels)."
+        ),
+    ] = None,
 ) -> None:
-    """Counts by status, split, round, level and source; failure reasons; label ranges."""
+    """Counts by status, split, round, level and source; failure reasons; label ranges.
+
+    A store with labels at several levels shows a line per level; its energy ranges are
+    shown only for one level (``--level``), since levels differ in absolute energy."""
     from sapis.store import DatasetStore
 
     try:
         store = DatasetStore(db)
+        if level is not None:
+            store.pick_level(level)
         rows = store.summary_rows()  # read once, for the table and the plot
     except InputError as err:
         raise fail(err) from None
+    levels = sorted({str(r["level"]) for r in rows if r["status"] == "labelled"})
+    if level is not None:
+        rows = [r for r in rows if r["level"] == level]
     stats = store.stats(rows)
     if plot is not None:
         from sapis.cli.dataset_plot import plot_dataset
@@ -174,6 +191,20 @@ def db_stats(
     for key in ("status", "split", "round", "level", "source"):
         table.add_row(key, ", ".join(f"{k}: {v}" for k, v in sorted(stats[key].items())))
     console.print(table)
+    if level is None and len(levels) > 1:
+        by_level = Table(title="by level of theory")
+        for column in ("level", "labelled", "pending", "failed", "label seconds"):
+            by_level.add_column(column)
+        for name in levels:
+            at = [r for r in rows if r["level"] == name]
+            seconds = sum(r["label_seconds"] or 0.0 for r in at)
+            counts = Counter(r["status"] for r in at)
+            by_level.add_row(
+                name, *(str(counts[k]) for k in ("labelled", "pending", "failed")), f"{seconds:.1f}"
+            )
+        console.print(by_level)
+        console.print(f"{len(levels)} levels: pick one with --level for label ranges")
+        stats.pop("energy_per_atom", None)
     if "energy_per_atom" in stats:
         lo, hi = stats["energy_per_atom"]
         flo, fhi = stats["max_force"]
@@ -192,12 +223,19 @@ def db_export(
     db: DbOption,
     out: Annotated[Path, typer.Argument(help="Output extxyz file.")],
     split: Annotated[str | None, typer.Option(help="Only this split.")] = None,
+    level: Annotated[
+        str | None,
+        typer.Option(help="The level of theory to write (needed when the store holds several)."),
+    ] = None,
 ) -> None:
-    """Write labelled rows (energy in eV, forces in eV/Å) to an extended XYZ file."""
+    """Write labelled rows of one level (energy in eV, forces in eV/Å, each frame's
+    'level' kept) to an extended XYZ file."""
     from sapis.store import DatasetStore
 
     try:
-        n = DatasetStore(db).export(out, split=split)
+        store = DatasetStore(db)
+        level = store.pick_level(level)
+        n = store.export(out, split=split, level=level)
     except InputError as err:
         raise fail(err) from None
-    console.print(f"{n} labelled structures written to {out}")
+    console.print(f"{n} labelled structures at {level} written to {out}")

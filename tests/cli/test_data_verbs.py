@@ -107,13 +107,38 @@ def test_a_new_database_is_not_even_created_on_bad_input(tmp_path):
     assert not (tmp_path / "data.db").exists()
 
 
-def test_another_level_of_theory_is_refused_on_a_labelled_database(tmp_path, stored):
-    before = digest(stored)
-    ase.io.write(tmp_path / "new.xyz", jiggled("H2O", 1, seed=9))
-    config = config_file(tmp_path, dft={"xc": "B3LYP"})
-    result = runner.invoke(app, ["label", str(tmp_path / "new.xyz"), "-c", str(config)])
-    assert result.exit_code == 2 and "PBE/sto-3g" in result.output
-    assert digest(stored) == before
+def test_a_second_level_is_stored_beside_the_first_and_each_is_read_back_alone(tmp_path, stored):
+    first = DatasetStore(stored).labelled(level="PBE/sto-3g")
+    config = config_file(tmp_path, dft={"program": "xtb"})
+    result = runner.invoke(app, ["label", str(tmp_path / "first.xyz"), "-c", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "also holds labels at PBE/sto-3g" in result.output and "2 new" in result.output
+    store = DatasetStore(stored)
+    assert store.levels() == {"PBE/sto-3g", "GFN2-xTB"} and store.count() == 4
+    dft, xtb = (store.labelled(level=lv) for lv in ("PBE/sto-3g", "GFN2-xTB"))
+    assert [a.info["hash"] for a in dft] == [a.info["hash"] for a in xtb]  # same structures
+    assert [a.get_potential_energy() for a in dft] == [a.get_potential_energy() for a in first]
+    gap = [d.get_potential_energy() - x.get_potential_energy() for d, x in zip(dft, xtb)]
+    assert min(abs(g) for g in gap) > 100.0  # the levels' absolute energies differ by hartrees
+    # labelling again at either level pays for nothing
+    again = runner.invoke(app, ["label", str(tmp_path / "first.xyz"), "-c", str(config)])
+    assert "0 new, 2 already stored" in again.output and store.count() == 4
+    mixed = runner.invoke(app, ["db", "export", "--db", str(stored), str(tmp_path / "all.xyz")])
+    assert mixed.exit_code == 2 and "several levels" in mixed.output
+    assert not (tmp_path / "all.xyz").exists()
+    out = tmp_path / "xtb.xyz"
+    one = runner.invoke(app, ["db", "export", "--db", str(stored), str(out), "--level", "GFN2-xTB"])
+    assert one.exit_code == 0 and "2 labelled structures at GFN2-xTB" in one.output
+    assert {a.info["level"] for a in ase.io.read(out, ":")} == {"GFN2-xTB"}
+    stats = runner.invoke(app, ["db", "stats", "--db", str(stored)])
+    assert "by level of theory" in stats.output and "pick one with --level" in stats.output
+    alone = runner.invoke(app, ["db", "stats", "--db", str(stored), "--level", "GFN2-xTB"])
+    assert alone.exit_code == 0 and "energy per atom" in alone.output
+    unknown = runner.invoke(app, ["db", "stats", "--db", str(stored), "--level", "HF/sto-3g"])
+    assert unknown.exit_code == 2 and "no labels at level 'HF/sto-3g'" in unknown.output
+    # imported labels keep their own level, beside the others
+    imported = runner.invoke(app, ["db", "import", str(out), "--db", str(stored)])
+    assert "0 stored, 2 already stored" in imported.output
 
 
 def test_label_reports_duplicates_and_labels_only_new_structures(tmp_path, stored):

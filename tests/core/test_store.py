@@ -9,6 +9,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from conftest import jiggled
 
 from sapis.dft import label
+from sapis.dft.settings import DFTSettings
 from sapis.errors import InputError
 from sapis.store import DatasetStore, SplitConfig, split_for
 from sapis.structures import structure_hash
@@ -127,3 +128,33 @@ def test_processes_writing_at_once_lose_no_row_and_mix_up_nothing(db_url):
     # every row has its own key-value pairs (none attached to another row's id)
     assert all(r.key_value_pairs.keys() >= {"status", "split", "source", "round"} for r in rows)
     assert store.count(status="pending") == 130
+
+
+def test_one_structure_at_two_levels_and_each_level_read_alone(db_url):
+    store = DatasetStore(db_url)
+    water = molecule("H2O")
+    cheap, dft = water.copy(), water.copy()
+    cheap.calc = SinglePointCalculator(cheap, energy=-137.0, forces=np.zeros((3, 3)))
+    dft.calc = SinglePointCalculator(dft, energy=-2079.0, forces=np.full((3, 3), 0.1))
+    assert len(store.add([cheap], level="GFN2-xTB").added) == 1
+    assert len(store.add([dft], level="PBE/def2-svp").added) == 1
+    assert store.add([dft], level="PBE/def2-svp").duplicates == 1  # never twice at a level
+    assert store.levels() == {"GFN2-xTB", "PBE/def2-svp"}
+    (x,), (d,) = store.labelled(level="GFN2-xTB"), store.labelled(level="PBE/def2-svp")
+    assert x.info["hash"] == d.info["hash"] == structure_hash(water)
+    assert (x.get_potential_energy(), d.get_potential_energy()) == (-137.0, -2079.0)
+    assert store.hashes("GFN2-xTB") == store.hashes("PBE/def2-svp") == {structure_hash(water)}
+    # a structure pending at one level waits for that level's labeller only
+    ammonia = molecule("NH3")
+    store.add([ammonia], level="PBE/sto-3g")
+    assert store.add([ammonia], level="PBE/sto-3g").duplicates == 1
+    assert [a.get_chemical_formula() for _, a in store.pending("PBE/sto-3g")] == ["H3N"]
+    assert store.pending("GFN2-xTB") == []
+    ((row_id, _),) = store.pending("PBE/sto-3g")
+    other = label(ammonia, DFTSettings(xc="PBE", basis="6-31g", density_fit=False))
+    with pytest.raises(ValueError, match="waits for a label at PBE/sto-3g"):
+        store.record(row_id, other, run="r1")
+    assert store.db.get(id=row_id).status == "pending"
+    assert store.label_seconds(level="GFN2-xTB")["labelled"] == 1
+    with pytest.raises(InputError, match="several levels"):
+        store.export("never-written.xyz")
