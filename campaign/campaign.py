@@ -19,10 +19,10 @@ from sapis.dft.batch import BatchSummary, OnResult, label_pending
 from sapis.dft.labeller import PySCFLabeller
 from sapis.dft.protocol import Labeller
 from sapis.dft.reference import ReferenceOracle
-from sapis.dft.xtb import XTBLabeller
+from sapis.dft.xtb import XTBLabeller, check_for_xtb
 from sapis.errors import InputError
 from sapis.io import carries_labels, read_structures
-from sapis.store import DatasetStore
+from sapis.store import DatasetStore, SplitConfig
 
 #: Sections that may change between runs of one campaign folder.
 MAY_CHANGE = {"stop", "approval"}
@@ -95,8 +95,23 @@ class Campaign:
 
     @property
     def level(self) -> str:
-        """The level of theory of this campaign's labels."""
+        """The level of theory of this campaign's labels (the expensive one)."""
         return self.labeller.level
+
+    @property
+    def cheap_level(self) -> str | None:
+        """The level of ``pretrain.cheap``, or None without cheap pretraining."""
+        cheap = self.config.pretrain.cheap
+        return cheap.level_of_theory if cheap is not None else None
+
+    @property
+    def fractions(self) -> SplitConfig:
+        """Split fractions of new structures: ``split``, without a test share when the
+        campaign has a fixed test set (``pretrain.cheap.test_frames``)."""
+        cheap = self.config.pretrain.cheap
+        if cheap is not None and cheap.test_frames:
+            return SplitConfig(val=self.config.split.val, test=0.0)
+        return self.config.split
 
     def evaluation_set(self) -> list[Atoms]:
         """Structures the errors are measured on: ``test_file`` (read once) or the
@@ -115,25 +130,40 @@ class Campaign:
     # --- what labels cost ------------------------------------------------------------------
 
     def core_seconds(self, round_: int | None = None, up_to_round: int | None = None) -> float:
-        """Core-seconds the labels of one round (or of rounds up to one, or all) took."""
-        seconds = self.store.label_seconds(round_, up_to_round)["seconds"]
+        """Core-seconds the expensive labels of one round (or of rounds up to one, or all)
+        took."""
+        seconds = self.store.label_seconds(round_, up_to_round, level=self.level)["seconds"]
         return float(sum(seconds)) * self.labeller.cores
 
     def label_counts(self, r: int) -> dict:
-        """Labelled rows in the store, and the new, failed and DFT core-seconds of the
-        rows round ``r`` added."""
-        times = self.store.label_seconds(round_=r)
+        """Rows labelled at the campaign's level in the store, and the new, failed and
+        DFT core-seconds of the rows round ``r`` added at that level."""
+        times = self.store.label_seconds(round_=r, level=self.level)
         return {
-            "labels": self.store.count(status="labelled"),
+            "labels": self.store.count(status="labelled", level=self.level),
             "new_labels": times["labelled"],
             "failed_labels": times["failed"],
             "dft_seconds": float(sum(times["seconds"])) * self.labeller.cores,
         }
 
+    def levels_used(self) -> dict[str, dict]:
+        """Per level of theory in the store: labelled rows and the core-seconds they cost
+        (the cheap level's MD runs on one core per trajectory)."""
+        out = {}
+        for level in sorted(self.store.levels()):
+            times = self.store.label_seconds(level=level)
+            cores = self.labeller.cores if level == self.level else 1
+            out[level] = {
+                "labels": times["labelled"],
+                "core_seconds": round(float(sum(times["seconds"])) * cores, 2),
+                "expensive": level == self.level,
+            }
+        return out
+
     def estimated_core_seconds(self, n: int) -> float:
         """Cost of ``n`` more labels: the mean label time so far (the labeller's own
         estimate before any label) × its cores × ``n``."""
-        seconds = self.store.label_seconds()["seconds"]
+        seconds = self.store.label_seconds(level=self.level)["seconds"]
         mean = float(np.mean(seconds)) if seconds else self.labeller.seconds_per_label
         return n * self.labeller.cores * mean
 
@@ -143,6 +173,7 @@ def check_inputs(config: CampaignConfig, labeller: Labeller, seeds: list[Atoms])
     problem. A labeller with a pool of its own (the oracle) explores and pretrains from
     that pool; any other labels displaced copies of the seeds, which are checked here."""
     pool = labeller.pool()
+    _check_cheap(config, labeller, seeds, pool is not None)
     if pool is None and not seeds:
         raise InputError("system.structures: seed structures are needed (or an oracle file)")
     if pool is None:
@@ -168,6 +199,28 @@ def check_inputs(config: CampaignConfig, labeller: Labeller, seeds: list[Atoms])
             )
     if pool is None and not config.pretrain.displaced and not config.pretrain.labelled:
         raise InputError("pretrain: give a labelled file or displaced > 0 to start from")
+
+
+def _check_cheap(config: CampaignConfig, labeller: Labeller, seeds: list, oracle: bool) -> None:
+    """``pretrain.cheap`` must name a level other than the one the campaign refines, have
+    seed structures to sample from, and no test frames an oracle could not label."""
+    cheap = config.pretrain.cheap
+    if cheap is None:
+        return
+    if cheap.level_of_theory == labeller.level:
+        raise InputError(
+            f"pretrain.cheap: {cheap.level_of_theory} is the level the campaign refines "
+            f"(dft: {labeller.level}); pretrain at a cheaper level than that"
+        )
+    if not seeds:
+        raise InputError("pretrain.cheap: MD at the cheap level starts from system.structures")
+    if oracle and cheap.test_frames:
+        raise InputError(
+            "pretrain.cheap.test_frames: the oracle labels only its own pool; "
+            "give test_file instead"
+        )
+    for k, atoms in enumerate(seeds):
+        check_for_xtb(atoms, config.system.charge, config.system.multiplicity, f"seed {k}")
 
 
 def _load(config_path: str | Path, overrides: dict | None) -> tuple[Path, CampaignConfig]:

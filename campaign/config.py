@@ -16,7 +16,7 @@ and ``split`` belong to the libraries that read them; the rest are the campaign'
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from sapis.config import Strict, is_url, read_yaml, resolve, validate
 from sapis.dft.executors import ExecutorConfig
@@ -90,12 +90,65 @@ class StopConfig(Strict):
     wall_hours: float | None = Field(None, gt=0.0)
 
 
+class CheapPretraining(DFTSettings):
+    """Broad pretraining on a cheap level before the expensive one (``pretrain.cheap``).
+
+    The level: ``program: xtb`` (the only program cheap enough to be its own sampler)
+    with ``method`` (GFN2-xTB or GFN1-xTB) and the ``dft:`` fields xTB reads. Sampling:
+    Langevin MD at that level from every seed structure at each of ``temperatures`` (K),
+    ``trajectories`` runs of ``picoseconds`` each with ``timestep`` (fs) and ``friction``
+    (1/fs), a labelled frame every ``sample_every`` steps; all of them are stored at the
+    cheap level and the ensemble is pretrained on them (for ``max_epochs``, default
+    ``training.max_epochs``), then fine-tuned on the expensive labels with its per-type
+    energy shifts refitted. ``test_frames`` > 0 draws that many frames from separate
+    cheap trajectories (one per seed and temperature) and labels them at the expensive
+    level as the campaign's fixed test set (later rounds send nothing to the test split),
+    so every round is measured on the same frames. ``compare`` also trains round 0's
+    ensemble without the cheap data, to report what pretraining bought.
+    """
+
+    program: Literal["pyscf", "xtb"] = "xtb"
+    temperatures: list[float] = Field(default_factory=lambda: [300.0, 600.0, 900.0], min_length=1)
+    picoseconds: float = Field(5.0, gt=0.0)
+    timestep: float = Field(0.5, gt=0.0, le=5.0)
+    friction: float = Field(0.01, gt=0.0)
+    sample_every: int = Field(20, ge=1)
+    trajectories: int = Field(1, ge=1)
+    max_epochs: int | None = Field(None, ge=1)
+    test_frames: int = Field(0, ge=0)
+    compare: bool = True
+    seed: int = 0
+
+    @field_validator("temperatures")
+    @classmethod
+    def _positive(cls, temperatures: list[float]) -> list[float]:
+        if any(t <= 0 for t in temperatures):
+            raise ValueError(f"temperatures must be > 0 K, got {temperatures}")
+        return temperatures
+
+    @model_validator(mode="after")
+    def _cheap_program(self) -> "CheapPretraining":
+        if self.program != "xtb":
+            raise ValueError(
+                f"program {self.program!r} is no cheap level to sample with: use program: xtb "
+                "(GFN2-xTB or GFN1-xTB)"
+            )
+        return self
+
+    @property
+    def steps(self) -> int:
+        """MD steps of one trajectory."""
+        return max(round(1000.0 * self.picoseconds / self.timestep), 1)
+
+
 class PretrainConfig(Strict):
     """The first dataset: an imported labelled file (any ASE format or rMD17 ``.npz``,
     labels taken as they are, split by hash) and/or ``displaced`` copies of each seed
-    structure with Gaussian displacements of ``rattle`` Å per component, labelled by DFT.
+    structure with Gaussian displacements of ``rattle`` Å per component, labelled at the
+    expensive level; ``cheap`` adds broad pretraining at a cheap level first.
     """
 
+    cheap: CheapPretraining | None = None
     labelled: Path | None = None
     labelled_level: str | None = None
     displaced: int = Field(20, ge=0)

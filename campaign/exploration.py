@@ -59,7 +59,7 @@ def explore_round(
     ensemble = Ensemble.load(ensemble_dir)
     pool = campaign.labeller.pool()
     if pool is not None:
-        stored = campaign.store.hashes()
+        stored = campaign.store.hashes(campaign.level)
         frames = score(ensemble, [a for a in pool if a.info["hash"] not in stored])
         summary: dict = {"by_source": {"reference": {"proposed": len(frames)}}}
     else:

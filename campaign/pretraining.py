@@ -45,8 +45,9 @@ def store_pretraining_data(campaign: Campaign) -> dict:
     labelled, to_label = pretraining_structures(campaign)
     store, config = campaign.store, campaign.config
     level = config.pretrain.labelled_level or campaign.level
-    imported = store.add(labelled, fractions=config.split, level=level) if labelled else None
-    pending = store.add(to_label, fractions=config.split)
+    fractions = campaign.fractions
+    imported = store.add(labelled, fractions=fractions, level=level) if labelled else None
+    pending = store.add(to_label, fractions=fractions, level=campaign.level)
     return {
         "imported": len(imported.added) if imported else 0,
         "new_pending": len(pending.added),

@@ -12,7 +12,7 @@ import numpy as np
 from sapis.campaign.campaign import Campaign
 from sapis.campaign.rounds import RoundRecord
 
-STAGES = ("explore", "select", "label", "train", "evaluate", "scaling")
+STAGES = ("cheap", "explore", "select", "label", "train", "evaluate", "compare", "scaling")
 CLASS_COLOURS = {"accurate": "tab:green", "candidate": "tab:orange", "failed": "tab:red"}
 Row = dict[str, str | int | float]
 
@@ -41,10 +41,13 @@ def plot_rounds(
     folder: str | Path,
     accurate_target: float | None = None,
     window: tuple[float, float] | None = None,
+    level: str | None = None,
 ) -> dict[str, Path]:
     """Write the campaign's per-round plots into ``folder`` (created) and return them.
 
-    ``learning_curve``: test force MAE (meV/Å, log) against labels in the store;
+    ``learning_curve``: test force MAE (meV/Å, log) against labels in the store at the
+    campaign's ``level``, with round 0's error without cheap pretraining as a cross when
+    it was measured;
     ``ratios``: accurate / candidate / failed fractions of explored frames per round, with
     ``accurate_target`` (fraction) dashed; ``uncertainty``: median and 95th percentile of
     the calibrated max force deviation (eV/Å) of explored frames, with the trust window
@@ -58,12 +61,26 @@ def plot_rounds(
     curve = [r for r in rounds if _finite(r.test_force_mae) and r.test_force_mae > 0]
     if curve:
         fig, ax = plt.subplots(figsize=(6, 4.2), layout="constrained")
-        x = [r.labels for r in curve]
+        fixed = (rounds[0].cheap.get("test_frames") or 0) if rounds else 0
+        x = [r.labels - fixed for r in curve]  # a fixed test set's labels buy no training
         y = [1000 * r.test_force_mae for r in curve]
-        ax.semilogy(x, y, "o-")
+        ax.semilogy(x, y, "o-", label="campaign")
         for r, xi, yi in zip(curve, x, y):
             ax.annotate(str(r.round), (xi, yi), textcoords="offset points", xytext=(4, 4))
-        ax.set(xlabel="labelled structures", ylabel="test force MAE (meV/Å)")
+        without = rounds[0].cheap.get("test_force_mae_without") if rounds else None
+        if _finite(without):
+            ax.semilogy(
+                [rounds[0].labels - fixed],
+                [1000 * without],
+                "x",
+                ms=9,
+                label="round 0 without cheap",
+            )
+            ax.legend()
+        xlabel = f"training labels at {level}" if level else "labelled structures"
+        if fixed:
+            xlabel += f" (besides {fixed} test labels)"
+        ax.set(xlabel=xlabel, ylabel="test force MAE (meV/Å)")
         ax.set_title("learning curve (numbers: round)")
         plots["learning_curve"] = _save(fig, folder / "learning_curve.png")
 
@@ -227,6 +244,48 @@ def _decision_sentence(decision: dict) -> str:
     return f"**{what.capitalize()}**: {decision['reason']}."
 
 
+def _cheap_sentence(first: RoundRecord) -> str:
+    """What cheap pretraining gave and cost, from round 0's record ('' without it)."""
+    cheap = first.cheap
+    if not cheap:
+        return ""
+    text = (
+        f"\n\n**Cheap pretraining** at {cheap['level']}: {cheap['frames']} frames from "
+        f"{cheap['trajectories']} MD trajectories in {cheap['core_seconds']:.0f} core-s"
+    )
+    if cheap.get("test_frames"):
+        text += f"; {cheap['test_frames']} frames of separate ones are the fixed test set"
+    without = cheap.get("test_force_mae_without")
+    if _finite(without) and _finite(first.test_force_mae):
+        text += (
+            f". Round 0's test force MAE: {1000 * first.test_force_mae:.1f} meV/Å with it, "
+            f"{1000 * without:.1f} meV/Å without it (the same "
+            f"{first.labels - (cheap.get('test_frames') or 0)} expensive training labels)"
+        )
+    stopped = cheap.get("stopped_early") or {}
+    if stopped:
+        text += f"; {len(stopped)} trajectories ended early ({next(iter(stopped.values()))})"
+    return text + "."
+
+
+def levels_table(levels: dict[str, dict]) -> list[str]:
+    """Markdown lines: labels and core-seconds per level of theory (from
+    :meth:`Campaign.levels_used`)."""
+    rows: list[Row] = [
+        {
+            "level": level,
+            "role": "expensive (refined)" if v["expensive"] else "cheap (pretraining)",
+            "labels": v["labels"],
+            "core-seconds": round(v["core_seconds"], 1),
+            "core-seconds per label": round(v["core_seconds"] / v["labels"], 3)
+            if v["labels"]
+            else "-",
+        }
+        for level, v in levels.items()
+    ]
+    return markdown_table(rows)
+
+
 def markdown_report(
     rounds: list[RoundRecord],
     plots: dict[str, Path],
@@ -253,6 +312,7 @@ def markdown_report(
             summary += "No test force MAE measured yet."
         if last.stop_reason:
             summary += f" Stopped: {last.stop_reason}."
+        summary += _cheap_sentence(rounds[0])
         limited = [r.round for r in rounds if r.members and r.converged < r.members]
         if limited:
             summary += (
@@ -298,7 +358,11 @@ def campaign_plots(campaign: Campaign, rounds: list[RoundRecord]) -> dict[str, P
     folder, config = campaign.folder, campaign.config
     window = (config.selection.lo, config.selection.hi)
     plots = plot_rounds(
-        rounds, folder.plots_dir, accurate_target=config.stop.accurate_fraction, window=window
+        rounds,
+        folder.plots_dir,
+        accurate_target=config.stop.accurate_fraction,
+        window=window,
+        level=campaign.level,
     )
     if (folder.plots_dir / "scaling.png").is_file():
         plots["scaling"] = folder.plots_dir / "scaling.png"
@@ -327,6 +391,9 @@ def write_report(campaign: Campaign, plots: dict[str, Path] | None = None) -> Pa
             f"\nModels: `{ensemble}` (members as nequip packages `member-k/model.nequip.zip`). "
             f"Dataset: `{campaign.config.database}`. Level of theory: {campaign.level}.\n"
         )
+        levels = campaign.levels_used()
+        if len(levels) > 1:
+            extra += "\n## Levels of theory\n\n" + "\n".join(levels_table(levels)) + "\n"
     text = markdown_report(rounds, plots, f"Campaign {folder.root.name}", extra=extra)
     path = folder.root / "report.md"
     path.write_text(text)

@@ -78,14 +78,15 @@ def select_round(
     else:
         max_labels = campaign.config.stop.max_labels
         if max_labels is not None:
-            labels = min(labels, max(max_labels - store.count(status="labelled"), 0))
+            labelled = store.count(status="labelled", level=campaign.level)
+            labels = min(labels, max(max_labels - labelled, 0))
         sel = select(
             frames,
             labels,
             lo,
             hi,
             window.policy,
-            stored=store.hashes(),
+            stored=store.hashes(campaign.level),
             seed=seed,
             features=view.get("features"),
             known=view.get("known"),
@@ -93,5 +94,5 @@ def select_round(
         for a in sel.chosen:
             a.info["round"] = r
         write_frames(chosen_path, sel.chosen)
-    store.add(sel.chosen, fractions=campaign.config.split)
+    store.add(sel.chosen, fractions=campaign.fractions, level=campaign.level)
     return sel

@@ -27,6 +27,11 @@ class RoundRecord:
     ``dft_seconds`` the DFT time this round paid, ``seconds`` the wall time per stage.
     ``converged`` counts the ensemble's members whose training converged (validation
     plateau) out of ``members``: fewer means the round's models are compute-limited.
+    ``labels``, ``new_labels`` and ``dft_seconds`` count the campaign's (expensive)
+    level only; round 0's ``cheap`` holds what cheap pretraining did: its ``level``,
+    ``trajectories``, ``frames``, ``test_frames``, ``core_seconds``, trajectories
+    ``stopped_early``, and (``compare``) the test errors without it,
+    ``test_force_mae_without`` (eV/Å) and ``test_energy_mae_without`` (eV).
     """
 
     round: int
@@ -55,6 +60,7 @@ class RoundRecord:
     policy: str = ""
     dft_seconds: float = 0.0
     seconds: dict[str, float] = field(default_factory=dict)
+    cheap: dict = field(default_factory=dict)  # round 0: what the cheap level gave and cost
     decision: dict | None = None  # the scaling decision for the next round
     stop_reason: str | None = None
 

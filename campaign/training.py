@@ -13,10 +13,10 @@ from sapis.surrogate.export import package_members
 from sapis.surrogate.manifest import EnsembleManifest
 
 
-def training_sets(campaign: Campaign) -> tuple[list[Atoms], list[Atoms]]:
-    """Labelled train and val structures at the campaign's level; a clear error if there
-    are too few."""
-    store, level = campaign.store, campaign.level
+def training_sets(campaign: Campaign, level: str | None = None) -> tuple[list[Atoms], list[Atoms]]:
+    """Labelled train and val structures at ``level`` (default: the campaign's); a clear
+    error if there are too few."""
+    store, level = campaign.store, level or campaign.level
     train, val = (store.labelled(split, level=level) for split in ("train", "val"))
     if len(train) < 2 or not val:
         raise InputError(
@@ -26,10 +26,65 @@ def training_sets(campaign: Campaign) -> tuple[list[Atoms], list[Atoms]]:
     return train, val
 
 
-def train_round(campaign: Campaign, r: int, parent: Path | None, size: str | None = None) -> Path:
+def cheap_ensemble_dir(campaign: Campaign) -> Path:
+    """Where the ensemble pretrained at the cheap level lives."""
+    return campaign.folder.round_dir(0) / "cheap-ensemble"
+
+
+def without_cheap_dir(campaign: Campaign) -> Path:
+    """Where round 0's ensemble trained without the cheap data lives (``compare``)."""
+    return campaign.folder.round_dir(0) / "without-cheap"
+
+
+def _done(folder: Path) -> bool:
+    return EnsembleManifest.exists(folder) and EnsembleManifest.read(folder).calibrated
+
+
+def _fresh(folder: Path) -> None:
+    if folder.exists():  # a killed training: its members start over
+        shutil.rmtree(folder)
+
+
+def train_cheap(campaign: Campaign) -> Path:
+    """The ensemble pretrained on the cheap level's labels (``pretrain.cheap``), from
+    scratch at ``training.size`` for ``pretrain.cheap.max_epochs``; kept once trained."""
+    out = cheap_ensemble_dir(campaign)
+    if _done(out):
+        return out
+    _fresh(out)
+    cheap = campaign.config.pretrain.cheap
+    training = campaign.config.training
+    if cheap.max_epochs is not None:
+        training = training.model_copy(update={"max_epochs": cheap.max_epochs})
+    train, val = training_sets(campaign, campaign.cheap_level)
+    train_ensemble(train, val, out, training, progress=False)
+    return out
+
+
+def train_without_cheap(campaign: Campaign) -> Path:
+    """Round 0's ensemble trained on the expensive labels alone, from scratch: what the
+    campaign would have had without cheap pretraining."""
+    out = without_cheap_dir(campaign)
+    if _done(out):
+        return out
+    _fresh(out)
+    train, val = training_sets(campaign)
+    train_ensemble(train, val, out, campaign.config.training, progress=False)
+    return out
+
+
+def train_round(
+    campaign: Campaign,
+    r: int,
+    parent: Path | None,
+    size: str | None = None,
+    refit_shifts: bool = False,
+) -> Path:
     """Round ``r``'s ensemble folder, trained unless it is done: fine-tuned from
     ``parent``, or from scratch at ``size`` when that differs from the parent's; a copy
-    of ``parent`` when the round added no label and keeps the size."""
+    of ``parent`` when the round added no label and keeps the size. ``refit_shifts``
+    refits the parent's per-type energy shifts to this level's data (a parent trained at
+    the cheap level)."""
     folder = campaign.folder
     out = folder.ensemble_dir(r)
     if folder.is_trained(r):
@@ -37,12 +92,21 @@ def train_round(campaign: Campaign, r: int, parent: Path | None, size: str | Non
     if out.exists():  # a killed training: its members start over
         shutil.rmtree(out)
     parent_size = EnsembleManifest.read(parent).size if parent is not None else None
-    new_labels = campaign.store.count(round=r, status="labelled")
-    if parent is not None and size in (None, parent_size) and not new_labels:
+    new_labels = campaign.store.count(round=r, status="labelled", level=campaign.level)
+    if parent is not None and size in (None, parent_size) and not new_labels and not refit_shifts:
         shutil.copytree(parent, out)  # nothing new to learn from: keep the parent
         return out
     train, val = training_sets(campaign)
     training = campaign.config.training
-    train_ensemble(train, val, out, training, parent=parent, size=size, progress=False)
+    train_ensemble(
+        train,
+        val,
+        out,
+        training,
+        parent=parent,
+        size=size,
+        progress=False,
+        refit_shifts=refit_shifts,
+    )
     package_members(out)
     return out

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 
+import numpy as np
 from ase import Atoms
 
 from sapis.dft.checks import check_electronic_state
@@ -42,19 +43,12 @@ def provenance(settings: DFTSettings, charge: int, multiplicity: int) -> dict:
     }
 
 
-def label_xtb(
-    atoms: Atoms, settings: DFTSettings, charge: int = 0, multiplicity: int = 1
-) -> LabelResult:
-    """Energy (eV) and forces (eV/Å) of ``atoms`` at ``settings.method``.
-
-    tblite's SCF runs at most ``settings.max_cycle`` iterations; a structure whose SCF
-    fails gives a failed result with tblite's message as the reason.
-    """
+def tblite_calculator(settings: DFTSettings, charge: int = 0, multiplicity: int = 1):
+    """tblite's ASE calculator at ``settings.method`` (accuracy, electronic temperature,
+    ``max_cycle`` SCF iterations), silent."""
     from tblite.ase import TBLite
-    from threadpoolctl import threadpool_limits
 
-    record = provenance(settings, charge, multiplicity)
-    calc = TBLite(
+    return TBLite(
         method=settings.method,
         charge=charge,
         multiplicity=multiplicity,
@@ -63,6 +57,20 @@ def label_xtb(
         max_iterations=settings.max_cycle,
         verbosity=0,
     )
+
+
+def label_xtb(
+    atoms: Atoms, settings: DFTSettings, charge: int = 0, multiplicity: int = 1
+) -> LabelResult:
+    """Energy (eV) and forces (eV/Å) of ``atoms`` at ``settings.method``.
+
+    tblite's SCF runs at most ``settings.max_cycle`` iterations; a structure whose SCF
+    fails gives a failed result with tblite's message as the reason.
+    """
+    from threadpoolctl import threadpool_limits
+
+    record = provenance(settings, charge, multiplicity)
+    calc = tblite_calculator(settings, charge, multiplicity)
     work = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     work.calc = calc
     start = time.monotonic()
@@ -108,3 +116,100 @@ class XTBLabeller(PySCFLabeller):
 
     def label(self, images: Sequence[Atoms]) -> list[LabelResult]:
         return [label_xtb(atoms, self.settings, self.charge, self.multiplicity) for atoms in images]
+
+
+@dataclass
+class CheapTrajectory:
+    """What one cheap-level trajectory did: its labelled frames, the steps it ran, why it
+    stopped (``completed``, ``unphysical: ...`` or ``SCF failed: ...``) and its wall time."""
+
+    frames: list[Atoms]
+    steps: int
+    stopped_by: str
+    seconds: float
+
+
+def xtb_md(
+    atoms: Atoms,
+    settings: DFTSettings,
+    temperature: float,
+    steps: int,
+    sample_every: int,
+    timestep: float = 0.5,
+    friction: float = 0.01,
+    seed: int = 0,
+    charge: int = 0,
+    multiplicity: int = 1,
+) -> CheapTrajectory:
+    """Langevin MD at ``settings.method`` from ``atoms``: ``steps`` steps of ``timestep``
+    fs at ``temperature`` K (friction in 1/fs), a labelled frame every ``sample_every``.
+
+    The level is cheap enough to be its own sampler: every sampled frame carries the
+    energy and forces MD computed anyway, with ``level``, ``source=cheap-md``,
+    ``temperature``, ``step``, the seed's hash as ``parent``, and ``label_seconds`` (its
+    share of the trajectory's wall time, so the store counts what the level cost). A
+    bond that breaks or forms, a close contact or an SCF failure ends the trajectory with
+    the frames sampled so far.
+    """
+    from ase import units
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.constraints import FixCom
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
+    from ase.parallel import DummyMPI
+    from threadpoolctl import threadpool_limits
+
+    from sapis.structures import structure_hash
+    from sapis.validity import ValidityFilter
+
+    rng = np.random.default_rng(seed)
+    work = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    work.calc = tblite_calculator(settings, charge, multiplicity)
+    check = ValidityFilter.from_reference(atoms)
+    parent = structure_hash(atoms)
+    thermalize_momenta(work, temperature, comm=DummyMPI(), rng=rng)
+    Stationary(work)
+    ZeroRotation(work)
+    work.set_constraint(FixCom())
+    dyn = Langevin(
+        work,
+        timestep * units.fs,
+        temperature_K=temperature,
+        friction=friction / units.fs,
+        fixcm=False,
+        rng=rng,
+    )
+    dyn.comm = DummyMPI()
+    frames: list[Atoms] = []
+    stopped_by, step = "completed", 0
+    start = time.monotonic()
+    with threadpool_limits(limits=settings.threads):
+        while step < steps:
+            try:
+                dyn.run(1)
+            except Exception as err:  # tblite raises on an SCF that does not converge
+                stopped_by = f"SCF failed: {type(err).__name__}: {err}"
+                break
+            step += 1
+            reason = check.reason(work)
+            if reason:
+                stopped_by = f"unphysical: {reason}"
+                break
+            if step % sample_every == 0:
+                frame = Atoms(work.numbers, work.positions, cell=work.cell, pbc=work.pbc)
+                results = work.calc.results
+                frame.calc = SinglePointCalculator(
+                    frame, energy=float(results["energy"]), forces=results["forces"].copy()
+                )
+                frame.info.update(
+                    source="cheap-md",
+                    level=settings.level_of_theory,
+                    temperature=float(temperature),
+                    step=step,
+                    parent=parent,
+                )
+                frames.append(frame)
+    seconds = time.monotonic() - start
+    for frame in frames:
+        frame.info["label_seconds"] = seconds / len(frames)
+    return CheapTrajectory(frames, step, stopped_by, seconds)

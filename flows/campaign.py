@@ -66,14 +66,29 @@ def pretrain(folder: str) -> RoundRecord:
         if campaign.folder.record_path(0).is_file():
             return RoundRecord.load(campaign.folder.record_path(0))
         record = RoundRecord(round=0, policy="pretrain")
+        cheap, parent = campaign.config.pretrain.cheap, None
         with timed(record.seconds, "select"):
             print(f"pretraining data: {stages.store_pretraining(session)}")
+        if cheap is not None:
+            with timed(record.seconds, "cheap"):
+                record.cheap = {"level": campaign.cheap_level, **stages.sample_cheap(session)}
+                print(f"cheap level: {record.cheap}")
+                parent = stages.pretrain_on_cheap_level(session)
         with timed(record.seconds, "label"):
             stages.label_pending_rows(session, 0)
         with timed(record.seconds, "train"):
-            ensemble = stages.train_round_ensemble(session, 0, None)
+            ensemble = stages.train_round_ensemble(
+                session, 0, parent, refit_shifts=parent is not None
+            )
         with timed(record.seconds, "evaluate"):
             evaluation = stages.evaluate_on_test_set(session, ensemble, 0)
+        if cheap is not None and cheap.compare:
+            with timed(record.seconds, "compare"):
+                without = stages.compare_without_cheap(session)
+            record.cheap.update(
+                test_force_mae_without=without["force_mae"],
+                test_energy_mae_without=without["energy_mae"],
+            )
         decide(session, record, ensemble, evaluation)
         return finish(session, record)
 

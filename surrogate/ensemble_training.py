@@ -67,6 +67,7 @@ def _train_one(
     seed: int,
     parent: str | None,
     size: str,
+    refit_shifts: bool = False,
     progress: bool = False,
 ) -> dict:
     """Train member ``member`` from files (the form a Parsl app or an MPI rank gets)."""
@@ -81,6 +82,7 @@ def _train_one(
         parent=parent,
         size=size,
         progress=progress,
+        refit_shifts=refit_shifts,
     )
     return record.__dict__
 
@@ -96,12 +98,15 @@ def train_ensemble(
     parsl_config=None,
     progress: bool = True,
     on_member=None,
+    refit_shifts: bool = False,
 ) -> EnsembleManifest | None:
     """Train and calibrate an ensemble in ``folder``; returns its manifest.
 
     Members run one after another, or one per rank when started under ``mpiexec`` (rank 0
     calibrates and returns the manifest; other ranks return None), or as Parsl apps on
     ``parsl_config``. ``on_member(record)`` is called as each member finishes.
+    ``refit_shifts`` refits the parent's per-type energy shifts to ``train`` (fine-tuning
+    on another level of theory).
     """
     members = members or training.members
     check_training_data(train, val)
@@ -129,6 +134,7 @@ def train_ensemble(
                 seed,
                 str(ckpt) if ckpt else None,
                 size,
+                refit_shifts and ckpt is not None,
             )
         )
     if parsl_config is not None:

@@ -19,10 +19,11 @@ from pathlib import Path
 import ase.io
 import numpy as np
 from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
 
 from sapis.errors import InputError
 from sapis.io import carries_labels, write_text_atomically
-from sapis.surrogate.model import model_config, parameter_count, type_names_of
+from sapis.surrogate.model import energy_shifts, model_config, parameter_count, type_names_of
 from sapis.surrogate.settings import TrainingConfig
 
 MONITOR = "val0_epoch/weighted_sum"
@@ -218,6 +219,7 @@ def train_member(
     size: str | None = None,
     progress: bool = True,
     device: str | None = None,
+    refit_shifts: bool = False,
 ) -> TrainRecord:
     """Train one model on ``train``, stop early on ``val``, and record what happened.
 
@@ -225,7 +227,9 @@ def train_member(
     weights are the parent's); otherwise a fresh model of ``size`` (default
     ``training.size``) is built with shifts and scales from ``train``. The best model (by
     validation loss) is ``folder/best.ckpt``, a nequip checkpoint that ``nequip-package``
-    can package; ``folder/record.json`` is the :class:`TrainRecord`.
+    can package; ``folder/record.json`` is the :class:`TrainRecord`. ``refit_shifts``
+    replaces the parent's per-type energy shifts by a fit to ``train`` (fine-tuning on
+    another level of theory, whose absolute energies differ by hartrees).
     """
     check_training_data(train, val)
     import lightning
@@ -273,6 +277,8 @@ def train_member(
     parameters = parameter_count(module.model)
     if parent is not None:
         size = _parent_size(parent) or size
+        if refit_shifts:
+            refit_energy_shifts(module.model, train, training.r_max)
 
     history = _History()
     stopper = _RelativeEarlyStopping(
@@ -348,6 +354,57 @@ def train_member(
     record.save(folder)
     os.environ.pop("PL_GLOBAL_SEED", None)
     return record
+
+
+def refit_energy_shifts(model, images: Sequence[Atoms], r_max: float) -> dict[str, float]:
+    """Refit the per-type energy shifts of ``model`` (a NequIP model, fine-tuned on another
+    level of theory) so that its energies on ``images`` have no mean error per
+    composition: the least-squares shifts of (label − prediction without shifts) against
+    element counts, pinned along free directions as in
+    :func:`~sapis.surrogate.model.energy_shifts`. Returns the new shifts by type name."""
+    import torch
+    from nequip.data import AtomicDataDict, from_ase
+    from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
+    from nequip.nn.atomwise import PerTypeScaleShift
+
+    if isinstance(model, torch.nn.ModuleDict):  # a training module's models, by name
+        (model,) = model.values()
+    layers = [m for m in model.modules() if isinstance(m, PerTypeScaleShift) and m.has_shifts]
+    if len(layers) != 1:
+        raise ValueError(f"expected one per-type energy shift layer, the model has {len(layers)}")
+    layer = layers[0]
+    type_names = list(layer.type_names)
+    with torch.no_grad():
+        layer.shifts.zero_()
+    transforms = [
+        ChemicalSpeciesToAtomTypeMapper(
+            model_type_names=type_names,
+            chemical_species_to_atom_type_map={t: t for t in type_names},
+        ),
+        NeighborListTransform(r_max=r_max),
+    ]
+    device = layer.shifts.device
+    unshifted = []
+    for start in range(0, len(images), 32):
+        graphs = []
+        for atoms in images[start : start + 32]:
+            data = from_ase(Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc))
+            for transform in transforms:
+                data = transform(data)
+            graphs.append(data)
+        batch = AtomicDataDict.to_(AtomicDataDict.batched_from_list(graphs), device)
+        out = model(batch)[AtomicDataDict.TOTAL_ENERGY_KEY]
+        unshifted.extend(out.detach().cpu().numpy().reshape(-1).tolist())
+    residual = [a.copy() for a in images]
+    for atoms, e0, original in zip(residual, unshifted, images):
+        atoms.calc = SinglePointCalculator(
+            atoms, energy=original.get_potential_energy() - e0, forces=original.get_forces()
+        )
+    shifts = energy_shifts(residual, type_names)
+    values = torch.as_tensor([shifts[t] for t in type_names], dtype=layer.shifts.dtype)
+    with torch.no_grad():
+        layer.shifts.copy_(values.reshape(layer.shifts.shape).to(device))
+    return shifts
 
 
 def _parent_size(parent: Path) -> str | None:

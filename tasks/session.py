@@ -25,11 +25,11 @@ _ACTIVE: list[Session] = []
 @contextlib.contextmanager
 def campaign_session(campaign: Campaign) -> Iterator[Session]:
     """Make ``campaign`` the active one, with Parsl running for it if its labeller is
-    remote; cleaned up on exit."""
+    remote or it samples a cheap level (one trajectory per app); cleaned up on exit."""
     with contextlib.ExitStack() as stack:
         session = Session(campaign)
         labeller, executor = campaign.labeller, campaign.config.executor
-        if labeller.remote:
+        if labeller.remote or campaign.config.pretrain.cheap is not None:
             dfk = parsl_session(executor, labeller.cores, executor.run_dir)
             session.dfk = stack.enter_context(dfk)
         _ACTIVE.append(session)

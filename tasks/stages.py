@@ -13,7 +13,8 @@ from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NONE
 
-from sapis.campaign.evaluation import evaluate_round
+from sapis.campaign.cheap import sample_cheap_level
+from sapis.campaign.evaluation import evaluate, evaluate_round
 from sapis.campaign.exploration import explore_round
 from sapis.campaign.generation import generate_round
 from sapis.campaign.pretraining import store_pretraining_data
@@ -21,7 +22,7 @@ from sapis.campaign.round_selection import select_round
 from sapis.campaign.rounds import RoundRecord
 from sapis.campaign.scaling import scaling_step
 from sapis.campaign.selection import Selection
-from sapis.campaign.training import train_round
+from sapis.campaign.training import train_cheap, train_round, train_without_cheap
 from sapis.tasks.session import Session
 
 
@@ -29,6 +30,35 @@ from sapis.tasks.session import Session
 def store_pretraining(session: Session) -> dict:
     """Import the labelled file and store the structures to label (round 0) as pending."""
     return store_pretraining_data(session.campaign)
+
+
+@task(name="cheap-level-md", cache_policy=NONE)
+def sample_cheap(session: Session) -> dict:
+    """MD at the cheap level from every seed (Parsl apps when the session has Parsl); its
+    frames stored at that level, the fixed test set's frames pending at the expensive one."""
+    return sample_cheap_level(
+        session.campaign,
+        session.dfk,
+        on_job=lambda job, t: print(
+            f"cheap MD {job.name}: {len(t.frames)} frames, {t.steps} steps in "
+            f"{t.seconds:.1f} s ({t.stopped_by})"
+        ),
+    )
+
+
+@task(name="train-cheap", cache_policy=NONE)
+def pretrain_on_cheap_level(session: Session) -> Path:
+    """The ensemble trained on the cheap level's labels."""
+    return train_cheap(session.campaign)
+
+
+@task(name="compare-without-cheap", cache_policy=NONE)
+def compare_without_cheap(session: Session) -> dict:
+    """Round 0's ensemble trained without the cheap data, and its test errors."""
+    campaign = session.campaign
+    out = evaluate(train_without_cheap(campaign), campaign.evaluation_set())
+    out.pop("parity", None)
+    return out
 
 
 @task(name="explore", cache_policy=NONE)
@@ -60,7 +90,7 @@ def label_pending_rows(session: Session, round_: int) -> dict:
     """Label every pending row (on the session's Parsl when the labeller is remote), with
     a progress artifact; rows whose app died stay pending and fail the task."""
     campaign = session.campaign
-    total = campaign.store.count(status="pending")
+    total = len(campaign.store.pending(campaign.level))
     if total == 0:
         return {"labelled": 0, "failed": 0}
     progress = create_progress_artifact(
@@ -84,11 +114,16 @@ def label_pending_rows(session: Session, round_: int) -> dict:
 
 @task(name="train-ensemble", cache_policy=NONE)
 def train_round_ensemble(
-    session: Session, round_: int, parent: Path | None, size: str | None = None
+    session: Session,
+    round_: int,
+    parent: Path | None,
+    size: str | None = None,
+    refit_shifts: bool = False,
 ) -> Path:
-    """Round ``round_``'s ensemble unless it is done: fine-tuned from ``parent``, or from
-    scratch at ``size`` when that differs from the parent's."""
-    return train_round(session.campaign, round_, parent, size)
+    """Round ``round_``'s ensemble unless it is done: fine-tuned from ``parent`` (its
+    energy shifts refitted when it was trained at another level), or from scratch at
+    ``size`` when that differs from the parent's."""
+    return train_round(session.campaign, round_, parent, size, refit_shifts)
 
 
 @task(name="evaluate", cache_policy=NONE)

@@ -289,6 +289,12 @@ def test_the_approval_gate_pauses_until_resumed(prefect_server, tmp_path):
         ({"test_file": "water.xyz"}, "carries no energies and forces"),
         ({"generator": {"share": 1.0}}, "generator.share"),
         ({"generator": {"share": 0.5}, "oracle": str(RMD17)}, "an oracle labels only its own"),
+        ({"pretrain": {"cheap": {"method": "GFN3-xTB"}}}, "pretrain.cheap.method"),
+        ({"pretrain": {"cheap": {"program": "pyscf"}}}, "no cheap level to sample with"),
+        (
+            {"dft": {"program": "xtb", "method": "GFN2-xTB"}, "pretrain": {"cheap": {}}},
+            "GFN2-xTB is the level the campaign refines",
+        ),
     ],
 )
 def test_bad_config_or_seeds_stop_before_any_work(tmp_path, change, message):
@@ -383,3 +389,102 @@ def test_an_xtb_campaign_runs_end_to_end_with_lcmd_and_the_quantile_window(
     assert "| converged |" in report and "| window (eV/Å) |" in report
     row = next(iter(store.db.select(status="labelled")))
     assert row.program.startswith("tblite-") and row.data["dft"]["method"] == "GFN2-xTB"
+
+
+CHEAP = {"temperatures": [300.0, 600.0], "picoseconds": 0.5, "sample_every": 10}
+
+
+def test_a_cheap_pretrained_campaign_runs_through_prefect_and_reports_both_levels(
+    prefect_server, tmp_path
+):
+    from sapis.flows.campaign import campaign
+    from sapis.flows.parameters import CampaignParameters
+
+    config = write_config(
+        tmp_path,
+        pretrain={"cheap": {**CHEAP, "test_frames": 10, "max_epochs": 20}},
+        stop={"max_rounds": 1},
+    )
+    result = campaign(CampaignParameters(config=str(config)))
+    folder = CampaignFolder(tmp_path / "campaign")
+    records = folder.records()
+    assert [r.round for r in records] == [0, 1]
+    store = DatasetStore(tmp_path / "campaign" / "data.db")
+    expensive = "PBE/sto-3g"
+    assert store.levels() == {"GFN2-xTB", expensive}
+
+    # every cheap frame stored once at the cheap level, train or val, never test
+    cheap_dir = folder.round_dir(0) / "cheap"
+    frames = sum(len(ase.io.read(f, ":")) for f in cheap_dir.glob("train-*.extxyz"))
+    cheap = records[0].cheap
+    assert cheap["level"] == "GFN2-xTB" and cheap["frames"] == frames > 50
+    assert store.count(level="GFN2-xTB", status="labelled") == frames
+    assert store.count(level="GFN2-xTB", split="test") == 0
+    # the fixed test set: 10 frames labelled at the expensive level, the same every round
+    assert store.count(level=expensive, split="test", status="labelled") == 10
+    assert [r.n_test for r in records] == [10, 10]
+    assert records[1].new_labels == 4 and store.count(round=1, split="test") == 0
+    # round 0 fine-tuned the cheap ensemble; its comparison trained without it
+    assert (folder.round_dir(0) / "cheap-ensemble" / "ensemble.json").is_file()
+    assert cheap["test_force_mae_without"] > 0 and records[0].test_force_mae > 0
+    member = json.loads((folder.ensemble_dir(0) / "member-0" / "record.json").read_text())
+    assert "cheap-ensemble" in str(member.get("parent"))
+    # training reads one level: the round-1 members saw only expensive labels
+    trained = ase.io.read(folder.ensemble_dir(1) / "member-0" / "train.xyz", ":")
+    assert {a.info.get("level") for a in trained} == {expensive}
+
+    report = Path(result["report"]).read_text()
+    assert "## Levels of theory" in report and "| GFN2-xTB | cheap (pretraining) |" in report
+    assert "**Cheap pretraining** at GFN2-xTB" in report and "without it" in report
+
+
+def test_kill_9_during_cheap_pretraining_then_rerun_loses_nothing_and_pays_nothing_twice(
+    tmp_path,
+):
+    config = write_config(
+        tmp_path,
+        pretrain={"cheap": {**CHEAP, "temperatures": [300.0, 400.0, 500.0, 600.0]}},
+        executor={"profile": "threads", "workers": 1},  # one trajectory at a time
+        stop={"max_rounds": 0},
+    )
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    cheap_dir = tmp_path / "campaign" / "round-000" / "cheap"
+    proc = subprocess.Popen(
+        [VENV_BIN / "sapis", "campaign", str(config)],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 600
+    finished = {}
+    while time.monotonic() < deadline and proc.poll() is None:
+        markers = sorted(cheap_dir.glob("*.json")) if cheap_dir.is_dir() else []
+        if 1 <= len(markers) < 4:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    markers = sorted(cheap_dir.glob("*.json"))
+    assert 1 <= len(markers) < 4, "the run never was in the middle of its cheap MD"
+    for marker in markers:
+        frames = marker.with_suffix(".extxyz")
+        finished[frames.name] = (frames.stat().st_mtime_ns, frames.read_bytes())
+    db = tmp_path / "campaign" / "data.db"
+    kept = {r.unique_id for r in DatasetStore(db).db.select()} if db.exists() else set()
+
+    out = subprocess.run(
+        [VENV_BIN / "sapis", "campaign", str(config)], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    for name, (mtime, data) in finished.items():  # finished trajectories did not rerun
+        path = cheap_dir / name
+        assert path.stat().st_mtime_ns == mtime and path.read_bytes() == data
+    assert len(list(cheap_dir.glob("*.json"))) == 4
+    store = DatasetStore(db)
+    assert kept <= {r.unique_id for r in store.db.select()}  # nothing stored was lost
+    frames = sum(len(ase.io.read(f, ":")) for f in cheap_dir.glob("*.extxyz"))
+    assert store.count(level="GFN2-xTB") == frames  # every frame once
+    record = CampaignFolder(tmp_path / "campaign").records()[0]
+    assert record.cheap["frames"] == frames and record.cheap["trajectories"] == 4

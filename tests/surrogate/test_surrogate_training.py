@@ -81,6 +81,31 @@ def test_fine_tuning_starts_at_the_parent_error(trained_ensemble, malonaldehyde,
     assert record.n_train == 130
 
 
+def test_refitted_shifts_take_a_model_to_another_level_without_an_energy_offset(
+    trained_ensemble, malonaldehyde
+):
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from sapis.surrogate.training import refit_energy_shifts
+
+    folder, _ = trained_ensemble
+    frames = malonaldehyde[1][:40]
+    other_level = []  # the same structures at a "level" 50 eV per atom away
+    for atoms in frames:
+        copy = atoms.copy()
+        energy = atoms.get_potential_energy() - 50.0 * len(atoms)
+        copy.calc = SinglePointCalculator(copy, energy=energy, forces=atoms.get_forces())
+        other_level.append(copy)
+    reference = np.array([a.get_potential_energy() for a in other_level])
+    ensemble = Ensemble.load(folder)
+    before = ensemble.predict(other_level).energies[0] - reference
+    shifts = refit_energy_shifts(ensemble.models[0], other_level, r_max=ensemble.r_max)
+    after = ensemble.predict(other_level).energies[0] - reference
+    assert abs(before.mean()) > 400.0  # 9 atoms × 50 eV
+    assert abs(after.mean()) < 1e-3 and after.std() == pytest.approx(before.std(), rel=1e-4)
+    assert set(shifts) == {"C", "H", "O"}
+
+
 def test_a_different_size_trains_from_scratch(trained_ensemble, malonaldehyde, tmp_path):
     folder, _ = trained_ensemble
     train = malonaldehyde[0]
