@@ -443,8 +443,16 @@ def test_kill_9_during_cheap_pretraining_then_rerun_loses_nothing_and_pays_nothi
 ):
     config = write_config(
         tmp_path,
-        pretrain={"cheap": {**CHEAP, "temperatures": [300.0, 400.0, 500.0, 600.0]}},
+        pretrain={
+            "cheap": {
+                **CHEAP,
+                "temperatures": [300.0, 400.0, 500.0, 600.0],
+                "max_epochs": 5,
+                "compare": False,
+            }
+        },
         executor={"profile": "threads", "workers": 1},  # one trajectory at a time
+        training={"max_epochs": 5},
         stop={"max_rounds": 0},
     )
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
