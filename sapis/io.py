@@ -51,6 +51,22 @@ def read_frames(path: str | Path) -> list[Atoms]:
     return ase.io.read(path, ":") if path.stat().st_size else []
 
 
+def label_problem(atoms: Atoms) -> str | None:
+    """What is wrong with the energy and forces ``atoms`` carries (None when they are a
+    finite energy and an (atoms, 3) array of finite forces)."""
+    results = atoms.calc.results
+    energy = np.asarray(results["energy"], dtype=float)
+    forces = np.asarray(results["forces"], dtype=float)
+    if energy.size != 1 or not np.isfinite(energy).all():
+        return f"energy {results['energy']!r} is not one finite number"
+    if forces.shape != (len(atoms), 3):
+        return f"forces have shape {forces.shape}, expected ({len(atoms)}, 3)"
+    if not np.isfinite(forces).all():
+        bad = sorted(set(np.where(~np.isfinite(forces))[0].tolist()))
+        return f"forces of atoms {bad} are not finite"
+    return None
+
+
 def read_structures(path: str | Path) -> list[Atoms]:
     """Read every structure in ``path``.
 
@@ -97,17 +113,26 @@ def read_rmd17(path: str | Path) -> list[Atoms]:
         raise InputError(
             f"{path}: coords have shape {coords.shape}, expected (frames, {len(numbers)}, 3)"
         )
+    labelled = energies is not None and forces is not None
+    if labelled and not (len(energies) == len(forces) == len(coords)):
+        raise InputError(
+            f"{path}: {len(coords)} frames but {len(energies)} energies and {len(forces)} forces"
+        )
     images = []
     for k, positions in enumerate(coords):
         atoms = Atoms(numbers=numbers, positions=positions)
         atoms.info.update(source="import", frame=k)
         if indices is not None:
             atoms.info["rmd17_index"] = int(indices[k])
-        if energies is not None and forces is not None:
+        if labelled:
+            energy = kcal_per_mol_to_ev(np.asarray(energies[k], dtype=float))
             atoms.calc = SinglePointCalculator(
                 atoms,
-                energy=float(kcal_per_mol_to_ev(energies[k])),
-                forces=kcal_per_mol_to_ev(forces[k]),
+                energy=float(energy) if energy.size == 1 else energy,
+                forces=kcal_per_mol_to_ev(np.asarray(forces[k], dtype=float)),
             )
+            problem = label_problem(atoms)
+            if problem:
+                raise InputError(f"{path}: frame {k}: {problem}")
         images.append(atoms)
     return images

@@ -35,7 +35,7 @@ from pydantic import Field, model_validator
 
 from sapis.config import Strict, is_url
 from sapis.errors import InputError
-from sapis.io import carries_labels
+from sapis.io import carries_labels, label_problem
 from sapis.labels import LabelResult
 from sapis.structures import structure_hash
 
@@ -200,6 +200,10 @@ class DatasetStore:
         has the same split at every level).
         """
         check_split(split)
+        for i, atoms in enumerate(images):  # before anything is written
+            problem = label_problem(atoms) if carries_labels(atoms) else None
+            if problem:
+                raise InputError(f"structure {i}: {problem}; nothing was stored")
         fractions = fractions or SplitConfig()
         report = AddReport()
         stored = self.keys()
