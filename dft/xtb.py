@@ -151,14 +151,10 @@ def xtb_md(
     bond that breaks or forms, a close contact or an SCF failure ends the trajectory with
     the frames sampled so far.
     """
-    from ase import units
     from ase.calculators.singlepoint import SinglePointCalculator
-    from ase.constraints import FixCom
-    from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
-    from ase.parallel import DummyMPI
     from threadpoolctl import threadpool_limits
 
+    from sapis.dynamics import langevin
     from sapis.structures import structure_hash
     from sapis.validity import ValidityFilter
 
@@ -167,19 +163,7 @@ def xtb_md(
     work.calc = tblite_calculator(settings, charge, multiplicity)
     check = ValidityFilter.from_reference(atoms)
     parent = structure_hash(atoms)
-    thermalize_momenta(work, temperature, comm=DummyMPI(), rng=rng)
-    Stationary(work)
-    ZeroRotation(work)
-    work.set_constraint(FixCom())
-    dyn = Langevin(
-        work,
-        timestep * units.fs,
-        temperature_K=temperature,
-        friction=friction / units.fs,
-        fixcm=False,
-        rng=rng,
-    )
-    dyn.comm = DummyMPI()
+    dyn = langevin(work, temperature, timestep, friction, rng)
     frames: list[Atoms] = []
     stopped_by, step = "completed", 0
     start = time.monotonic()

@@ -10,20 +10,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from ase import Atoms, units
-from ase.constraints import FixCom
-from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
-from ase.parallel import DummyMPI
+from ase import Atoms
 
+from sapis.dynamics import langevin
 from sapis.errors import InputError
 from sapis.structures import structure_hash
 from sapis.surrogate.calculator import EnsembleCalculator
 from sapis.surrogate.ensemble import Ensemble
 from sapis.surrogate.settings import ExploreConfig
 from sapis.validity import ValidityFilter, invalid_reason
-
-SOLO = DummyMPI()
 
 
 @dataclass
@@ -102,19 +97,7 @@ def explore(
                 if settings.check_bonds
                 else None
             )
-            thermalize_momenta(atoms, temperature, comm=SOLO, rng=rng)
-            Stationary(atoms)
-            ZeroRotation(atoms)
-            atoms.set_constraint(FixCom())
-            dyn = Langevin(
-                atoms,
-                settings.timestep * units.fs,
-                temperature_K=temperature,
-                friction=settings.friction / units.fs,
-                fixcm=False,
-                rng=rng,
-            )
-            dyn.comm = SOLO  # one process owns each trajectory, even under mpiexec
+            dyn = langevin(atoms, temperature, settings.timestep, settings.friction, rng)
             stopped_by, step, frames = "completed", 0, 0
             while step < settings.steps:
                 dyn.run(1)

@@ -20,17 +20,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from ase import Atoms, units
+from ase import Atoms
 from ase.calculators.calculator import BaseCalculator
-from ase.constraints import FixCom
-from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
-from ase.parallel import DummyMPI
 
+from sapis.dynamics import langevin
 from sapis.errors import InputError
 from sapis.validity import bond_graph, invalid_reason, min_distance
 
-SOLO = DummyMPI()  # each trajectory is one process's own, even under mpiexec
 #: Bonds named at most in a failure reason.
 MAX_BONDS_NAMED = 3
 
@@ -253,20 +249,8 @@ def _trajectory(
     atoms = Atoms(
         seed.numbers, seed.positions, cell=seed.cell, pbc=seed.pbc, masses=seed.get_masses()
     )
-    thermalize_momenta(atoms, s.temperature, comm=SOLO, rng=rng)
-    Stationary(atoms)
-    ZeroRotation(atoms)
-    atoms.set_constraint(FixCom())
     atoms.calc = calculator
-    dyn = Langevin(
-        atoms,
-        s.timestep * units.fs,
-        temperature_K=s.temperature,
-        friction=s.friction / units.fs,
-        fixcm=False,
-        rng=rng,
-        comm=SOLO,
-    )
+    dyn = langevin(atoms, s.temperature, s.timestep, s.friction, rng)
 
     def failed(reason: str) -> TrajectoryStability:
         ps = dyn.nsteps * s.timestep / 1000.0
