@@ -76,8 +76,7 @@ class CampaignFolder:
 
     def is_trained(self, r: int) -> bool:
         """Whether round ``r``'s ensemble finished (trained and calibrated)."""
-        folder = self.ensemble_dir(r)
-        return EnsembleManifest.exists(folder) and EnsembleManifest.read(folder).calibrated
+        return EnsembleManifest.finished(self.ensemble_dir(r))
 
     def records(self) -> list[RoundRecord]:
         """Records of the finished rounds, in order."""

@@ -11,6 +11,7 @@ from sapis.errors import InputError
 from sapis.surrogate.ensemble_training import train_ensemble
 from sapis.surrogate.export import package_members
 from sapis.surrogate.manifest import EnsembleManifest
+from sapis.surrogate.settings import TrainingConfig
 
 
 def training_sets(campaign: Campaign, level: str | None = None) -> tuple[list[Atoms], list[Atoms]]:
@@ -36,41 +37,41 @@ def without_cheap_dir(campaign: Campaign) -> Path:
     return campaign.folder.round_dir(0) / "without-cheap"
 
 
-def _done(folder: Path) -> bool:
-    return EnsembleManifest.exists(folder) and EnsembleManifest.read(folder).calibrated
-
-
 def _fresh(folder: Path) -> None:
     if folder.exists():  # a killed training: its members start over
         shutil.rmtree(folder)
 
 
+def _train_from_scratch(
+    campaign: Campaign, out: Path, level: str, training: TrainingConfig
+) -> Path:
+    """An ensemble in ``out`` trained from scratch on the labels at ``level``; kept once
+    trained."""
+    if EnsembleManifest.finished(out):
+        return out
+    _fresh(out)
+    train, val = training_sets(campaign, level)
+    train_ensemble(train, val, out, training, progress=False)
+    return out
+
+
 def train_cheap(campaign: Campaign) -> Path:
     """The ensemble pretrained on the cheap level's labels (``pretrain.cheap``), from
     scratch at ``training.size`` for ``pretrain.cheap.max_epochs``; kept once trained."""
-    out = cheap_ensemble_dir(campaign)
-    if _done(out):
-        return out
-    _fresh(out)
-    cheap = campaign.config.pretrain.cheap
-    training = campaign.config.training
+    cheap, training = campaign.config.pretrain.cheap, campaign.config.training
     if cheap.max_epochs is not None:
         training = training.model_copy(update={"max_epochs": cheap.max_epochs})
-    train, val = training_sets(campaign, campaign.cheap_level)
-    train_ensemble(train, val, out, training, progress=False)
-    return out
+    return _train_from_scratch(
+        campaign, cheap_ensemble_dir(campaign), campaign.cheap_level, training
+    )
 
 
 def train_without_cheap(campaign: Campaign) -> Path:
     """Round 0's ensemble trained on the expensive labels alone, from scratch: what the
     campaign would have had without cheap pretraining."""
-    out = without_cheap_dir(campaign)
-    if _done(out):
-        return out
-    _fresh(out)
-    train, val = training_sets(campaign)
-    train_ensemble(train, val, out, campaign.config.training, progress=False)
-    return out
+    return _train_from_scratch(
+        campaign, without_cheap_dir(campaign), campaign.level, campaign.config.training
+    )
 
 
 def train_round(
@@ -89,8 +90,7 @@ def train_round(
     out = folder.ensemble_dir(r)
     if folder.is_trained(r):
         return out
-    if out.exists():  # a killed training: its members start over
-        shutil.rmtree(out)
+    _fresh(out)
     parent_size = EnsembleManifest.read(parent).size if parent is not None else None
     new_labels = campaign.store.count(round=r, status="labelled", level=campaign.level)
     if parent is not None and size in (None, parent_size) and not new_labels and not refit_shifts:

@@ -16,6 +16,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from sapis.errors import InputError
 from sapis.surrogate.calibration import Calibration
 from sapis.surrogate.manifest import EnsembleManifest
+from sapis.surrogate.model import input_graphs, input_transforms
 
 
 @dataclass
@@ -76,8 +77,6 @@ class Ensemble:
     """K trained NequIP models that predict together."""
 
     def __init__(self, models: list, manifest: EnsembleManifest, folder: Path, device: str) -> None:
-        from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
-
         self.models = models
         self.manifest = manifest
         self.folder = folder
@@ -85,13 +84,7 @@ class Ensemble:
         self.type_names: list[str] = manifest.type_names
         self.r_max: float = manifest.r_max
         self.calibration = Calibration.from_dict(manifest.calibration or {})
-        self.transforms = [
-            ChemicalSpeciesToAtomTypeMapper(
-                model_type_names=self.type_names,
-                chemical_species_to_atom_type_map={t: t for t in self.type_names},
-            ),
-            NeighborListTransform(r_max=self.r_max),
-        ]
+        self.transforms = input_transforms(self.type_names, self.r_max)
 
     @classmethod
     def load(cls, folder: str | Path, device: str | None = None) -> "Ensemble":
@@ -134,15 +127,7 @@ class Ensemble:
 
     def graphs(self, images: Sequence[Atoms]) -> list[dict]:
         """nequip input dicts (types mapped, neighbour list built) for ``images``."""
-        from nequip.data import from_ase
-
-        out = []
-        for atoms in images:
-            data = from_ase(Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc))
-            for transform in self.transforms:
-                data = transform(data)
-            out.append(data)
-        return out
+        return input_graphs(images, self.transforms)
 
     def predict(
         self, images: Sequence[Atoms], batch_size: int = 64, features: bool = False

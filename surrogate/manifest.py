@@ -59,6 +59,11 @@ class EnsembleManifest:
         return (Path(folder) / MANIFEST).is_file()
 
     @classmethod
+    def finished(cls, folder: str | Path) -> bool:
+        """Whether ``folder`` holds a finished ensemble (trained and calibrated)."""
+        return cls.exists(folder) and cls.read(folder).calibrated
+
+    @classmethod
     def read(cls, folder: str | Path) -> "EnsembleManifest":
         """The manifest of ``folder``; an :class:`InputError` if there is none."""
         path = Path(folder) / MANIFEST

@@ -26,14 +26,18 @@ def type_names_of(images: Sequence[Atoms]) -> list[str]:
 
 
 def energy_shifts(
-    images: Sequence[Atoms], type_names: list[str], isolated: dict[str, float] | None = None
+    images: Sequence[Atoms],
+    type_names: list[str],
+    isolated: dict[str, float] | None = None,
+    energies: Sequence[float] | None = None,
 ) -> dict[str, float]:
     """Per-type energy shifts in eV, by type name.
 
     With ``isolated`` (isolated-atom energies by element) those are used. Otherwise the
-    shifts are the least-squares fit of total energies to element counts; directions the
-    compositions do not determine (one molecule: all frames have the same counts) are
-    pinned to the mean energy per atom, so every type gets a sensible value.
+    shifts are the least-squares fit of total energies (``energies``, default the images'
+    own) to element counts; directions the compositions do not determine (one molecule:
+    all frames have the same counts) are pinned to the mean energy per atom, so every
+    type gets a sensible value.
     """
     if isolated is not None:
         missing = [t for t in type_names if t not in isolated]
@@ -41,7 +45,9 @@ def energy_shifts(
             raise InputError(f"isolated_atom_energies lacks {', '.join(missing)}")
         return {t: float(isolated[t]) for t in type_names}
     counts = np.array([[a.get_chemical_symbols().count(t) for t in type_names] for a in images])
-    energies = np.array([a.get_potential_energy() for a in images])
+    if energies is None:
+        energies = [a.get_potential_energy() for a in images]
+    energies = np.asarray(energies, dtype=float)
     mean = np.full(len(type_names), np.mean(energies / counts.sum(axis=1)))
     # minimum-norm correction to the mean: zero along directions the data leave free
     shifts = mean + np.linalg.lstsq(counts, energies - counts @ mean, rcond=None)[0]
@@ -101,3 +107,30 @@ def build_model(config: dict):
 def parameter_count(model) -> int:
     """Trainable parameters of a model."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def input_transforms(type_names: list[str], r_max: float) -> list:
+    """nequip's input transforms for a model of ``type_names`` (element symbols) and
+    cutoff ``r_max``: types mapped, neighbour list built."""
+    from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
+
+    return [
+        ChemicalSpeciesToAtomTypeMapper(
+            model_type_names=type_names,
+            chemical_species_to_atom_type_map={t: t for t in type_names},
+        ),
+        NeighborListTransform(r_max=r_max),
+    ]
+
+
+def input_graphs(images: Sequence[Atoms], transforms: list) -> list[dict]:
+    """nequip input dicts of ``images`` (structure only) through ``transforms``."""
+    from nequip.data import from_ase
+
+    out = []
+    for atoms in images:
+        data = from_ase(Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc))
+        for transform in transforms:
+            data = transform(data)
+        out.append(data)
+    return out

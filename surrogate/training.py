@@ -19,11 +19,17 @@ from pathlib import Path
 import ase.io
 import numpy as np
 from ase import Atoms
-from ase.calculators.singlepoint import SinglePointCalculator
 
 from sapis.errors import InputError
 from sapis.io import carries_labels, write_text_atomically
-from sapis.surrogate.model import energy_shifts, model_config, parameter_count, type_names_of
+from sapis.surrogate.model import (
+    energy_shifts,
+    input_graphs,
+    input_transforms,
+    model_config,
+    parameter_count,
+    type_names_of,
+)
 from sapis.surrogate.settings import TrainingConfig
 
 MONITOR = "val0_epoch/weighted_sum"
@@ -363,8 +369,7 @@ def refit_energy_shifts(model, images: Sequence[Atoms], r_max: float) -> dict[st
     element counts, pinned along free directions as in
     :func:`~sapis.surrogate.model.energy_shifts`. Returns the new shifts by type name."""
     import torch
-    from nequip.data import AtomicDataDict, from_ase
-    from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
+    from nequip.data import AtomicDataDict
     from nequip.nn.atomwise import PerTypeScaleShift
 
     if isinstance(model, torch.nn.ModuleDict):  # a training module's models, by name
@@ -376,31 +381,17 @@ def refit_energy_shifts(model, images: Sequence[Atoms], r_max: float) -> dict[st
     type_names = list(layer.type_names)
     with torch.no_grad():
         layer.shifts.zero_()
-    transforms = [
-        ChemicalSpeciesToAtomTypeMapper(
-            model_type_names=type_names,
-            chemical_species_to_atom_type_map={t: t for t in type_names},
-        ),
-        NeighborListTransform(r_max=r_max),
-    ]
+    transforms = input_transforms(type_names, r_max)
     device = layer.shifts.device
     unshifted = []
     for start in range(0, len(images), 32):
-        graphs = []
-        for atoms in images[start : start + 32]:
-            data = from_ase(Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc))
-            for transform in transforms:
-                data = transform(data)
-            graphs.append(data)
+        graphs = input_graphs(images[start : start + 32], transforms)
         batch = AtomicDataDict.to_(AtomicDataDict.batched_from_list(graphs), device)
         out = model(batch)[AtomicDataDict.TOTAL_ENERGY_KEY]
         unshifted.extend(out.detach().cpu().numpy().reshape(-1).tolist())
-    residual = [a.copy() for a in images]
-    for atoms, e0, original in zip(residual, unshifted, images):
-        atoms.calc = SinglePointCalculator(
-            atoms, energy=original.get_potential_energy() - e0, forces=original.get_forces()
-        )
-    shifts = energy_shifts(residual, type_names)
+    labels = [a.get_potential_energy() for a in images]
+    residuals = [e - e0 for e, e0 in zip(labels, unshifted)]
+    shifts = energy_shifts(images, type_names, energies=residuals)
     values = torch.as_tensor([shifts[t] for t in type_names], dtype=layer.shifts.dtype)
     with torch.no_grad():
         layer.shifts.copy_(values.reshape(layer.shifts.shape).to(device))
