@@ -26,7 +26,8 @@ from sapis.store import SplitConfig
 @dataclass(frozen=True)
 class CheapJob:
     """One cheap trajectory: from seed ``seed_index`` at ``temperature`` K for ``steps``
-    steps; ``purpose`` ``train`` (pretraining data) or ``test`` (the fixed test set)."""
+    steps; ``purpose`` ``train`` (pretraining data) or ``test`` (the fixed test set, of
+    which it gives its first ``keep`` frames)."""
 
     name: str
     seed_index: int
@@ -34,6 +35,7 @@ class CheapJob:
     steps: int
     rng_seed: int
     purpose: str
+    keep: int | None = None
 
 
 def cheap_jobs(campaign: Campaign) -> list[CheapJob]:
@@ -49,10 +51,12 @@ def cheap_jobs(campaign: Campaign) -> list[CheapJob]:
             jobs.append(CheapJob(f"train-{i}-{t:g}K-{k}", i, t, cheap.steps, seed, "train"))
     if cheap.test_frames:
         per_job = math.ceil(cheap.test_frames / len(combos))
-        for i, t in combos:
+        extra = per_job * len(combos) - cheap.test_frames  # the first ones give one less
+        for k, (i, t) in enumerate(combos):
             seed = _seed(cheap.seed, 1, i, 0, t)
             steps = per_job * cheap.sample_every
-            jobs.append(CheapJob(f"test-{i}-{t:g}K", i, t, steps, seed, "test"))
+            keep = per_job - (1 if k < extra else 0)
+            jobs.append(CheapJob(f"test-{i}-{t:g}K", i, t, steps, seed, "test", keep))
     return jobs
 
 
@@ -124,8 +128,8 @@ def _save(out_dir: Path, job: CheapJob, trajectory: CheapTrajectory) -> None:
 
 
 def _store(campaign: Campaign, job: CheapJob, frames: list[Atoms]) -> None:
-    """Training frames at the cheap level (train or val by hash); test frames pending at
-    the expensive level in the test split, as many as ``test_frames`` asks over all."""
+    """Training frames at the cheap level (train or val by hash); a test job's ``keep``
+    frames pending at the expensive level in the test split."""
     config = campaign.config
     for atoms in frames:
         atoms.info["round"] = 0
@@ -133,12 +137,8 @@ def _store(campaign: Campaign, job: CheapJob, frames: list[Atoms]) -> None:
         fractions = SplitConfig(val=config.split.val, test=0.0)
         campaign.store.add(frames, fractions=fractions)
         return
-    jobs = [j for j in cheap_jobs(campaign) if j.purpose == "test"]
-    per_job = math.ceil(config.pretrain.cheap.test_frames / len(jobs))
-    extra = per_job * len(jobs) - config.pretrain.cheap.test_frames
-    keep = per_job - (1 if jobs.index(job) < extra else 0)
     plain = []
-    for atoms in frames[:keep]:
+    for atoms in frames[: job.keep]:
         copy = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
         copy.info.update(source="cheap-md", temperature=job.temperature, round=0)
         plain.append(copy)
