@@ -12,6 +12,7 @@ The campaign's state is its store plus this folder::
     FOLDER/round-001/generated.json    what the generator did
     FOLDER/round-001/selected.extxyz   what was chosen for labelling (stored as pending)
     FOLDER/round-001/ensemble/         the ensemble fine-tuned on the grown data
+    FOLDER/round-001/clock.json        seconds per stage over every attempt, the stage running
     FOLDER/round-001/round.json        the round's record: written last, marks it finished
     FOLDER/scaling/                    every training as a scaling point, and the probes
     FOLDER/report.md, FOLDER/plots/    the report
@@ -53,6 +54,9 @@ class CampaignFolder:
 
     def record_path(self, r: int) -> Path:
         return self.round_dir(r) / "round.json"
+
+    def clock_path(self, r: int) -> Path:
+        return self.round_dir(r) / "clock.json"
 
     def explored_path(self, r: int) -> Path:
         return self.round_dir(r) / "explored.extxyz"

@@ -24,7 +24,8 @@ class RoundRecord:
     in eV/Å, energy MAE in eV. ``accurate``/``candidate``/``failed`` count explored
     frames by the trust window, ``by_source`` the same per exploration source with the
     selected ones; ``labels`` is the labelled rows in the store after the round,
-    ``dft_seconds`` the DFT time this round paid, ``seconds`` the wall time per stage.
+    ``dft_seconds`` the DFT time this round paid, ``seconds`` the wall time per stage
+    summed over the ``attempts`` at the round (a killed round's time included).
     ``converged`` counts the ensemble's members whose training converged (validation
     plateau) out of ``members``: fewer means the round's models are compute-limited.
     ``labels``, ``new_labels`` and ``dft_seconds`` count the campaign's (expensive)
@@ -60,6 +61,7 @@ class RoundRecord:
     policy: str = ""
     dft_seconds: float = 0.0
     seconds: dict[str, float] = field(default_factory=dict)
+    attempts: int = 1
     cheap: dict = field(default_factory=dict)  # round 0: what the cheap level gave and cost
     decision: dict | None = None  # the scaling decision for the next round
     stop_reason: str | None = None

@@ -21,7 +21,7 @@ def training_sets(campaign: Campaign, level: str | None = None) -> tuple[list[At
     train, val = (store.labelled(split, level=level) for split in ("train", "val"))
     if len(train) < 2 or not val:
         raise InputError(
-            f"{store.url}: {len(train)} train and {len(val)} val structures labelled at "
+            f"{store.safe_url}: {len(train)} train and {len(val)} val structures labelled at "
             f"{level}: need ≥ 2 and ≥ 1 (add data, or raise split.val)"
         )
     return train, val
@@ -37,19 +37,13 @@ def without_cheap_dir(campaign: Campaign) -> Path:
     return campaign.folder.round_dir(0) / "without-cheap"
 
 
-def _fresh(folder: Path) -> None:
-    if folder.exists():  # a killed training: its members start over
-        shutil.rmtree(folder)
-
-
 def _train_from_scratch(
     campaign: Campaign, out: Path, level: str, training: TrainingConfig
 ) -> Path:
     """An ensemble in ``out`` trained from scratch on the labels at ``level``; kept once
-    trained."""
+    trained (a killed training keeps its finished members)."""
     if EnsembleManifest.finished(out):
         return out
-    _fresh(out)
     train, val = training_sets(campaign, level)
     train_ensemble(train, val, out, training, progress=False)
     return out
@@ -85,16 +79,24 @@ def train_round(
     ``parent``, or from scratch at ``size`` when that differs from the parent's; a copy
     of ``parent`` when the round added no label and keeps the size. ``refit_shifts``
     refits the parent's per-type energy shifts to this level's data (a parent trained at
-    the cheap level)."""
+    the cheap level). A killed training resumes: finished members are kept, and a
+    trained ensemble whose packaging was cut short is packaged."""
     folder = campaign.folder
     out = folder.ensemble_dir(r)
     if folder.is_trained(r):
+        if not all(m.package for m in EnsembleManifest.read(out).members):
+            package_members(out)
         return out
-    _fresh(out)
     parent_size = EnsembleManifest.read(parent).size if parent is not None else None
     new_labels = campaign.store.count(round=r, status="labelled", level=campaign.level)
     if parent is not None and size in (None, parent_size) and not new_labels and not refit_shifts:
-        shutil.copytree(parent, out)  # nothing new to learn from: keep the parent
+        # nothing new to learn from: keep the parent (copied whole, then renamed)
+        partial = out.with_name(out.name + ".copy")
+        for stale in (partial, out):
+            if stale.exists():
+                shutil.rmtree(stale)
+        shutil.copytree(parent, partial)
+        partial.rename(out)
         return out
     train, val = training_sets(campaign)
     training = campaign.config.training

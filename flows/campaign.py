@@ -10,13 +10,11 @@ Each flow opens its campaign once (or shares the enclosing flow run's), so rerun
 killed flow continues the round and stage it was in.
 """
 
-import contextlib
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from sapis.campaign.clock import StageClock
 from sapis.campaign.report import write_report
 from sapis.campaign.rounds import RoundRecord, plan_next_round, stop_reason
 from sapis.flows.monitoring import approval_gate, publish_round
@@ -26,34 +24,28 @@ from sapis.tasks import stages
 from sapis.tasks.session import Session, folder_session, started_session
 
 
-@contextlib.contextmanager
-def timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
-    """Add the wall time of the block to ``seconds[stage]``."""
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        seconds[stage] = round(seconds.get(stage, 0.0) + time.perf_counter() - started, 2)
-
-
-def decide(session: Session, record: RoundRecord, ensemble: Path, evaluation: dict) -> None:
+def decide(
+    session: Session, record: RoundRecord, clock: StageClock, ensemble: Path, evaluation: dict
+) -> None:
     """Fill the round's record from the store, the ensemble and its test errors; then let
     the scaling laws decide what the next round buys (when ``scaling.enabled``)."""
     campaign = session.campaign
     record.fill(campaign.label_counts(record.round), EnsembleManifest.read(ensemble), evaluation)
     if campaign.config.scaling.enabled:
-        with timed(record.seconds, "scaling"):
+        with clock.stage("scaling"):
             record.decision = stages.decide_by_scaling_laws(session, record.round, record.size)
         print(f"round {record.round}: scaling: {record.decision['reason']}")
 
 
-def finish(session: Session, record: RoundRecord) -> RoundRecord:
-    """Apply the stop rules, write the round's record (the round is finished from then
-    on) and publish it: artifacts and the folder's report."""
+def finish(session: Session, record: RoundRecord, clock: StageClock) -> RoundRecord:
+    """Apply the stop rules, write the round's record with the time of every attempt at
+    it (the round is finished from then on) and publish it: artifacts and the report."""
     folder, rules = session.campaign.folder, session.campaign.config.stop
     record.stop_reason = stop_reason([*folder.records(), record], rules, folder.hours())
+    record.seconds, record.attempts = dict(clock.seconds), clock.attempts
     stages.record_round(session, record)
-    publish_round(session.campaign)
+    with clock.stage("report"):
+        publish_round(session.campaign)
     return record
 
 
@@ -66,31 +58,32 @@ def pretrain(folder: str) -> RoundRecord:
         if campaign.folder.record_path(0).is_file():
             return RoundRecord.load(campaign.folder.record_path(0))
         record = RoundRecord(round=0, policy="pretrain")
+        clock = StageClock(campaign.folder.clock_path(0)).new_attempt()
         cheap, parent = campaign.config.pretrain.cheap, None
-        with timed(record.seconds, "select"):
+        with clock.stage("select"):
             print(f"pretraining data: {stages.store_pretraining(session)}")
         if cheap is not None:
-            with timed(record.seconds, "cheap"):
+            with clock.stage("cheap"):
                 record.cheap = {"level": campaign.cheap_level, **stages.sample_cheap(session)}
                 print(f"cheap level: {record.cheap}")
                 parent = stages.pretrain_on_cheap_level(session)
-        with timed(record.seconds, "label"):
+        with clock.stage("label"):
             stages.label_pending_rows(session, 0)
-        with timed(record.seconds, "train"):
+        with clock.stage("train"):
             ensemble = stages.train_round_ensemble(
                 session, 0, parent, refit_shifts=parent is not None
             )
-        with timed(record.seconds, "evaluate"):
+        with clock.stage("evaluate"):
             evaluation = stages.evaluate_on_test_set(session, ensemble, 0)
         if cheap is not None and cheap.compare:
-            with timed(record.seconds, "compare"):
+            with clock.stage("compare"):
                 without = stages.compare_without_cheap(session)
             record.cheap.update(
                 test_force_mae_without=without["force_mae"],
                 test_energy_mae_without=without["energy_mae"],
             )
-        decide(session, record, ensemble, evaluation)
-        return finish(session, record)
+        decide(session, record, clock, ensemble, evaluation)
+        return finish(session, record, clock)
 
 
 def run_round(session: Session, overrides: RoundOverrides) -> RoundRecord:
@@ -111,13 +104,14 @@ def run_round(session: Session, overrides: RoundOverrides) -> RoundRecord:
         labels=overrides.labels,
     )
     record = RoundRecord(round=r, policy=config.selection.policy)
-    with timed(record.seconds, "explore"):
+    clock = StageClock(campaign.folder.clock_path(r)).new_attempt()
+    with clock.stage("explore"):
         md, explored = stages.explore_with_surrogate(session, parent, r, overrides.temperatures)
         generated, proposed = stages.propose_with_generator(session, parent, r, md)
     for summary in (explored, proposed):  # proposed / valid per source
         for source, counts in summary.get("by_source", {}).items():
             print(f"round {r}: {source} {counts}")
-    with timed(record.seconds, "select"):
+    with clock.stage("select"):
         sel = stages.select_for_labelling(session, md + generated, r, plan.labels, parent)
     record.add_selection(sel, explored, proposed)
     print(
@@ -125,14 +119,14 @@ def run_round(session: Session, overrides: RoundOverrides) -> RoundRecord:
         f"{len(sel.chosen)} selected"
     )
     approval_gate(campaign, r)
-    with timed(record.seconds, "label"):
+    with clock.stage("label"):
         stages.label_pending_rows(session, r)
-    with timed(record.seconds, "train"):
+    with clock.stage("train"):
         ensemble = stages.train_round_ensemble(session, r, parent, plan.size)
-    with timed(record.seconds, "evaluate"):
+    with clock.stage("evaluate"):
         evaluation = stages.evaluate_on_test_set(session, ensemble, r)
-    decide(session, record, ensemble, evaluation)
-    return finish(session, record)
+    decide(session, record, clock, ensemble, evaluation)
+    return finish(session, record, clock)
 
 
 @flow(name="refinement-round", log_prints=True)

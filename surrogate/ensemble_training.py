@@ -3,8 +3,15 @@ another, as MPI ranks (``mpiexec -n K``), or as Parsl apps; then calibrate it.
 
 Fine-tuning warm-starts member k from member k of a parent ensemble on the grown data;
 asking for a different size than the parent's trains that size from scratch instead.
+
+A member that finished is never trained again: its folder keeps ``job.json``, a
+fingerprint of what it was trained on and how, and ``record.json``, written last; training
+the same ensemble again into the same folder (a killed run resumed) reuses every finished
+member whose fingerprint matches and trains only the rest.
 """
 
+import hashlib
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -15,12 +22,22 @@ import ase.io
 import numpy as np
 from ase import Atoms
 
+from sapis.io import write_text_atomically
 from sapis.surrogate.calibration import Calibration, fit_calibration, plot_calibration
+from sapis.surrogate.checkpoints import vet_checkpoint
 from sapis.surrogate.ensemble import Ensemble
 from sapis.surrogate.manifest import EnsembleManifest, Member
 from sapis.surrogate.model import type_names_of
 from sapis.surrogate.settings import TrainingConfig
-from sapis.surrogate.training import TrainRecord, check_training_data, train_member
+from sapis.surrogate.training import (
+    BEST,
+    RECORD,
+    TrainRecord,
+    check_training_data,
+    train_member,
+)
+
+JOB = "job.json"
 
 
 def bootstrap(images: Sequence[Atoms], seed: int) -> list[Atoms]:
@@ -51,6 +68,8 @@ def _plan(training: TrainingConfig, members: int, parent: str | Path | None, siz
     if size is not None and size != manifest.size:
         return [(s, None) for s in seeds], size  # a bigger (or smaller) model from scratch
     checkpoints = manifest.checkpoints(parent)
+    for checkpoint in checkpoints:  # before anything is written
+        vet_checkpoint(checkpoint)
     return [(s, checkpoints[k % len(checkpoints)]) for k, s in enumerate(seeds)], manifest.size
 
 
@@ -70,7 +89,16 @@ def _train_one(
     refit_shifts: bool = False,
     progress: bool = False,
 ) -> dict:
-    """Train member ``member`` from files (the form a Parsl app or an MPI rank gets)."""
+    """Train member ``member`` from files (the form a Parsl app or an MPI rank gets), or
+    return its record if it finished this very job before."""
+    member_dir = Path(folder)
+    job = _fingerprint(
+        train_file, val_file, training_json, member, seed, parent, size, refit_shifts
+    )
+    if _finished(member_dir, job):
+        return TrainRecord.load(member_dir).__dict__
+    (member_dir / RECORD).unlink(missing_ok=True)  # another job's record is not this one's
+    write_text_atomically(member_dir / JOB, json.dumps({"fingerprint": job}))
     training = TrainingConfig.model_validate_json(training_json)
     record = train_member(
         ase.io.read(train_file, ":", parallel=False),
@@ -85,6 +113,26 @@ def _train_one(
         refit_shifts=refit_shifts,
     )
     return record.__dict__
+
+
+def _fingerprint(*job) -> str:
+    """A hash of a member's job: the bytes of its data and parent files, and the rest of
+    its arguments."""
+    h = hashlib.sha256()
+    for item in job:
+        h.update(repr(item).encode())
+        if isinstance(item, str) and os.path.isfile(item):
+            h.update(Path(item).read_bytes())
+    return h.hexdigest()
+
+
+def _finished(member_dir: Path, job: str) -> bool:
+    """Whether ``member_dir`` holds a finished training of the job ``job``."""
+    try:
+        saved = json.loads((member_dir / JOB).read_text())["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return saved == job and (member_dir / RECORD).is_file() and (member_dir / BEST).is_file()
 
 
 def train_ensemble(
