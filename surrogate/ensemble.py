@@ -15,6 +15,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from sapis.errors import InputError
 from sapis.surrogate.calibration import Calibration
+from sapis.surrogate.checkpoints import vet_checkpoint
 from sapis.surrogate.manifest import EnsembleManifest
 from sapis.surrogate.model import input_graphs, input_transforms
 
@@ -88,7 +89,8 @@ class Ensemble:
 
     @classmethod
     def load(cls, folder: str | Path, device: str | None = None) -> "Ensemble":
-        """Load every member of the ensemble in ``folder`` (checkpoints, EMA weights)."""
+        """Load every member of the ensemble in ``folder`` (checkpoints, EMA weights),
+        each vetted first (:func:`~sapis.surrogate.checkpoints.vet_checkpoint`)."""
         import warnings
 
         from nequip.model.saved_models.load_utils import load_saved_model
@@ -106,6 +108,7 @@ class Ensemble:
             for path in manifest.checkpoints(folder):
                 if not path.is_file():
                     raise InputError(f"{folder}: member checkpoint {path} is missing")
+                vet_checkpoint(path)  # before nequip unpickles it
                 models.append(load_saved_model(str(path)).eval().to(device))
         return cls(models, manifest, folder, device)
 

@@ -103,5 +103,17 @@ class EnsembleManifest:
         return sum(m.stopped_by == "converged" for m in self.members)
 
     def checkpoints(self, folder: str | Path) -> list[Path]:
-        """The members' checkpoint files, in member order."""
-        return [Path(folder).resolve() / m.checkpoint for m in self.members]
+        """The members' checkpoint files, in member order; an :class:`InputError` for one
+        that is not a ``.ckpt`` file inside ``folder`` (a crafted manifest could point
+        anywhere, or at a ``.nequip.zip`` package, which runs code when loaded)."""
+        root = Path(folder).resolve()
+        paths = []
+        for k, m in enumerate(self.members):
+            path = (root / m.checkpoint).resolve()
+            if not path.is_relative_to(root) or path.suffix != ".ckpt":
+                raise InputError(
+                    f"{root / MANIFEST}: member {k}'s checkpoint {m.checkpoint!r} is not a "
+                    f".ckpt file inside the ensemble folder; refused"
+                )
+            paths.append(path)
+        return paths

@@ -22,6 +22,7 @@ from ase import Atoms
 
 from sapis.errors import InputError
 from sapis.io import carries_labels, write_text_atomically
+from sapis.surrogate.checkpoints import vet_checkpoint
 from sapis.surrogate.model import (
     energy_shifts,
     input_graphs,
@@ -264,6 +265,7 @@ def train_member(
         parent = Path(parent).resolve()
         if not parent.is_file():
             raise InputError(f"parent checkpoint {parent} does not exist")
+        vet_checkpoint(parent)  # nequip's ModelFromCheckpoint unpickles it
         model = {"_target_": "nequip.model.ModelFromCheckpoint", "checkpoint_path": str(parent)}
     else:
         model = model_config(training, train, seed=seed, size=size)
