@@ -19,7 +19,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from sapis.config import Strict, is_url, read_yaml, resolve, validate
-from sapis.dft.executors import ExecutorConfig
+from sapis.dft.executors import ExecutorConfig, run_dir_problem
 from sapis.dft.settings import DFTSettings
 from sapis.errors import InputError
 from sapis.generator.settings import GeneratorConfig
@@ -216,6 +216,9 @@ def parse_config(data: dict, base: Path = Path("."), source: str = "config") -> 
         config.folder = base / "campaign" if is_url(config.database) else db.parent
     if config.executor.run_dir is None:
         config.executor.run_dir = config.folder / "runinfo"
+    problem = run_dir_problem(config.executor.profile, config.executor.run_dir)
+    if problem:  # checked again once resolved: Parsl hands it to a shell
+        raise InputError(f"{source}: executor.run_dir: {problem}")
     return config
 
 

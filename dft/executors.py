@@ -7,6 +7,7 @@ Ready-to-edit cluster profiles are in ``deploy/parsl/``.
 """
 
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Literal
@@ -15,11 +16,21 @@ from parsl.config import Config
 from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor
 from parsl.launchers import MpiExecLauncher, SingleNodeLauncher, SrunLauncher
 from parsl.providers import LocalProvider, PBSProProvider, SlurmProvider
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from sapis.config import Strict
+from sapis.errors import InputError
 
 _WALLTIME = re.compile(r"^\d+:\d{2}:\d{2}$")
+#: A queue, partition or account name: nothing a shell or a batch system's command
+#: line would read as more than one word, an option or a substitution.
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+,-]*$")
+#: Control characters other than tab and newline (a carriage return, NUL, escapes).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+#: Characters of a folder path that Parsl may paste unquoted into a shell command.
+_SHELL_SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+,@%:=~-]+$")
+#: The directive each batch profile's ``scheduler_options`` lines must start with.
+DIRECTIVES = {"slurm": ("#SBATCH",), "pbs": ("#PBS",)}
 
 
 class ExecutorConfig(Strict):
@@ -28,10 +39,15 @@ class ExecutorConfig(Strict):
     ``threads``: in-process threads (tests); ``local``: HighThroughputExecutor on this
     machine; ``slurm`` / ``pbs``: batch jobs of ``nodes`` nodes each, at most
     ``max_blocks`` at once, ``workers`` labels at once per node, ``walltime`` HH:MM:SS.
-    ``queue`` is the Slurm partition or PBS queue. ``worker_init`` runs before workers
-    start (module loads); the virtual environment's ``bin/`` is put on PATH for you.
-    ``run_dir`` is where Parsl writes its logs (a campaign file's default: ``runinfo/``
-    in the campaign folder).
+    ``queue`` is the Slurm partition or PBS queue and ``account`` the account to charge:
+    plain names (letters, digits, ``_ . + - ,``). ``scheduler_options`` are extra
+    ``#SBATCH`` (slurm) or ``#PBS`` (pbs) directive lines, nothing else. ``worker_init``
+    is your own shell snippet, run as written before workers start (module loads,
+    conda activation; no control characters but tab and newline); the virtual
+    environment's ``bin/`` is put on PATH for you. ``run_dir`` is where Parsl writes
+    its logs (a campaign file's default: ``runinfo/`` in the campaign folder); Parsl
+    pastes it unquoted into shell commands, so outside the ``threads`` profile it may
+    hold no spaces or shell characters.
     """
 
     profile: Literal["threads", "local", "slurm", "pbs"] = "local"
@@ -53,11 +69,77 @@ class ExecutorConfig(Strict):
             raise ValueError(f"walltime must be HH:MM:SS, got {value!r}")
         return value
 
+    @field_validator("queue", "account")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME.match(value):
+            raise ValueError(
+                "must be a plain name of letters, digits and _ . + - , (no spaces, quotes, "
+                "shell characters or leading -)"
+            )
+        return value
 
-def worker_init(executor: ExecutorConfig) -> str:
-    """Shell lines run before a worker pool starts: this Python's ``bin/`` first on PATH,
-    then the user's own lines (module loads, conda activation)."""
-    lines = [f'export PATH="{Path(sys.executable).parent}:$PATH"']
+    @field_validator("worker_init")
+    @classmethod
+    def _worker_init(cls, value: str) -> str:
+        _refuse_control(value)
+        return value
+
+    @field_validator("scheduler_options")
+    @classmethod
+    def _scheduler_options(cls, value: str, info: ValidationInfo) -> str:
+        """Directive lines only: a line that is not one ends the job script's header,
+        and the batch system then ignores every directive after it (the partition and
+        account among them) and the shell runs the line."""
+        _refuse_control(value)
+        profile = info.data.get("profile")
+        directives = DIRECTIVES.get(profile, DIRECTIVES["slurm"] + DIRECTIVES["pbs"])
+        lines = [line.strip() for line in value.split("\n") if line.strip()]
+        for line in lines:
+            if line.split(maxsplit=1)[0] not in directives:
+                raise ValueError(
+                    f"every line must be a {' or '.join(directives)} directive"
+                    f"{f' for profile {profile}' if profile in DIRECTIVES else ''}; {line!r} "
+                    "is not (put shell commands in worker_init)"
+                )
+        return "\n".join(lines)
+
+    @field_validator("run_dir")
+    @classmethod
+    def _run_dir(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        problem = run_dir_problem(info.data.get("profile", "local"), value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+def _refuse_control(value: str) -> None:
+    bad = _CONTROL.search(value)
+    if bad:
+        raise ValueError(
+            f"holds the control character {bad.group()!r}; only tabs and newlines may appear"
+        )
+
+
+def run_dir_problem(profile: str, run_dir: str | Path | None) -> str | None:
+    """Why ``run_dir`` cannot be Parsl's run folder for ``profile`` (None if it can):
+    Parsl pastes it unquoted into the shell commands that start workers and submit
+    jobs, so outside the in-process ``threads`` profile it must hold no spaces or shell
+    characters."""
+    if run_dir is None or profile == "threads" or _SHELL_SAFE_PATH.match(str(run_dir)):
+        return None
+    return (
+        f"{run_dir} has spaces or shell characters, which Parsl would paste unquoted into "
+        "shell commands; choose a folder of letters, digits and _ . / + , @ % : = ~ -"
+    )
+
+
+def worker_init(executor: ExecutorConfig, bin_dir: str | Path | None = None) -> str:
+    """Shell lines run before a worker pool starts: ``bin_dir`` (default this Python's
+    ``bin/``) first on PATH, quoted, then the user's own lines as written (module loads,
+    conda activation)."""
+    bin_dir = Path(sys.executable).parent if bin_dir is None else bin_dir
+    lines = [f'export PATH={shlex.quote(str(bin_dir))}:"$PATH"']
     if executor.worker_init.strip():
         lines.append(executor.worker_init.strip())
     return "\n".join(lines)
@@ -76,6 +158,9 @@ def parsl_config(executor: ExecutorConfig, cores_per_label: int, run_dir: str | 
     run_dir
         Where Parsl writes its logs (``runinfo``).
     """
+    problem = run_dir_problem(executor.profile, run_dir)
+    if problem:
+        raise InputError(f"executor.run_dir: {problem}")
     ex: ThreadPoolExecutor | HighThroughputExecutor
     if executor.profile == "threads":
         ex = ThreadPoolExecutor(label="threads", max_threads=executor.workers)
