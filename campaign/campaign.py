@@ -21,7 +21,7 @@ from sapis.dft.protocol import Labeller
 from sapis.dft.reference import ReferenceOracle
 from sapis.dft.xtb import XTBLabeller, check_for_xtb
 from sapis.errors import InputError
-from sapis.io import carries_labels, read_structures
+from sapis.io import carries_labels, read_structures, write_text_atomically
 from sapis.store import DatasetStore, SplitConfig
 
 #: Sections that may change between runs of one campaign folder.
@@ -65,16 +65,18 @@ class Campaign:
     @classmethod
     def start(cls, config_path: str | Path, overrides: dict | None = None) -> "Campaign":
         """Validate a campaign file (or folder) and its inputs, then create or reopen its
-        folder; the configuration is copied to ``campaign.yaml`` with absolute paths, so
-        the folder alone reopens the campaign. Raises :class:`InputError` naming the first
-        problem, before anything is written."""
+        folder; the configuration is copied to ``campaign.yaml`` (mode 0600: its database
+        URL may hold a password) with absolute paths, so the folder alone reopens the
+        campaign. Raises :class:`InputError` naming the first problem (the database is
+        reached here too), before anything is written."""
         config_path, config = _load(config_path, overrides)
         folder = CampaignFolder(config.folder)
         _check_same_settings(folder, config, config_path)
         campaign = cls._assemble(config, folder)
         folder.root.mkdir(parents=True, exist_ok=True)
         text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-        folder.config_path.write_text(text)
+        # private: the database URL in it may carry a password
+        write_text_atomically(folder.config_path, text, mode=0o600)
         folder.mark_started()
         return campaign
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from sapis.campaign.campaign import Campaign
 from sapis.campaign.rounds import RoundRecord
+from sapis.config import redact
 
 STAGES = ("cheap", "explore", "select", "label", "train", "evaluate", "compare", "scaling")
 CLASS_COLOURS = {"accurate": "tab:green", "candidate": "tab:orange", "failed": "tab:red"}
@@ -389,7 +390,7 @@ def write_report(campaign: Campaign, plots: dict[str, Path] | None = None) -> Pa
         ensemble = folder.ensemble_dir(rounds[-1].round)
         extra = (
             f"\nModels: `{ensemble}` (members as nequip packages `member-k/model.nequip.zip`). "
-            f"Dataset: `{campaign.config.database}`. Level of theory: {campaign.level}.\n"
+            f"Dataset: `{redact(campaign.config.database)}`. Level of theory: {campaign.level}.\n"
         )
         levels = campaign.levels_used()
         if len(levels) > 1:

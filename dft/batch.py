@@ -92,7 +92,7 @@ def label_pending(
     summary = BatchSummary(run=new_run_id())
     todo = store.pending(labeller.level)
     for row_id, atoms in todo:
-        labeller.check(atoms, f"{store.url} row {row_id}")
+        labeller.check(atoms, f"{store.safe_url} row {row_id}")
     if not todo:
         return summary
     summary.submitted = len(todo)

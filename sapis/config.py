@@ -6,6 +6,7 @@ campaign file composes them (:mod:`sapis.campaign.config`). This module holds wh
 all share: a base model that refuses unknown fields, the YAML reader and the error text.
 """
 
+import re
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,6 +27,18 @@ class Strict(BaseModel):
 def is_url(database: str) -> bool:
     """True for a server URL (``postgresql://``), False for a file path."""
     return "://" in database
+
+
+#: ``scheme://user:password@``: the password runs to the last ``@`` before a space.
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/@]*):\S*@")
+_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&\s]*")
+
+
+def redact(text: str) -> str:
+    """``text`` (a database URL, or a message holding some) with every password replaced
+    by ``***``: ``postgresql://user:***@host/db``. Everything shown to a user or a log
+    goes through it."""
+    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", str(text)))
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:

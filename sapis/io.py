@@ -7,6 +7,7 @@ sees half a file.
 """
 
 import io
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,12 +28,21 @@ def carries_labels(atoms: Atoms) -> bool:
     return calc is not None and {"energy", "forces"} <= set(calc.results)
 
 
-def write_text_atomically(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
+def write_text_atomically(path: str | Path, text: str, mode: int | None = None) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename; with ``mode``
+    (e.g. ``0o600`` for a file holding a password) the file has that mode from its
+    creation on, never readable by others in between."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    if mode is None:
+        tmp.write_text(text)
+    else:
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), mode)  # whatever the umask
+            f.write(text)
     tmp.replace(path)
     return path
 

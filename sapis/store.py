@@ -33,7 +33,7 @@ from ase_db_backends.postgresql import Connection as PostgresConnection
 from ase_db_backends.postgresql import PostgreSQLDatabase
 from pydantic import Field, model_validator
 
-from sapis.config import Strict, is_url
+from sapis.config import Strict, is_url, redact
 from sapis.errors import InputError
 from sapis.io import carries_labels, label_problem
 from sapis.labels import LabelResult
@@ -117,6 +117,23 @@ class AddReport:
     duplicates: int = 0
 
 
+#: Seconds a connection attempt waits for the server (libpq's default is forever, so a
+#: firewalled host would hang a command for minutes).
+CONNECT_TIMEOUT = 10
+
+
+def connect_options(url: str) -> dict:
+    """Keyword options of ``psycopg2.connect`` for ``url``: a short ``connect_timeout``
+    unless the URL or ``PGCONNECT_TIMEOUT`` sets one."""
+    try:
+        given = "connect_timeout" in psycopg2.extensions.parse_dsn(url)
+    except psycopg2.Error:
+        given = False  # connect itself then says what is wrong with the URL
+    if given or os.environ.get("PGCONNECT_TIMEOUT"):
+        return {}
+    return {"connect_timeout": CONNECT_TIMEOUT}
+
+
 class _Connection(PostgresConnection):
     def rollback(self) -> None:  # missing upstream; ASE calls it when a transaction fails
         self.con.rollback()
@@ -129,7 +146,7 @@ class _PostgreSQLDatabase(PostgreSQLDatabase):
     key); ``currval`` is this session's own. And failed transactions can roll back."""
 
     def _connect(self):
-        return _Connection(psycopg2.connect(self.filename))
+        return _Connection(psycopg2.connect(self.filename, **connect_options(self.filename)))
 
     def get_last_id(self, cur) -> int:
         cur.execute("SELECT currval('systems_id_seq')")
@@ -154,10 +171,16 @@ class DatasetStore:
             else:
                 self.db = ase.db.connect(self.url, serial=True, use_lock_file=False)
             self.db.count()
-        except psycopg2.OperationalError as err:
-            raise InputError(f"cannot reach database {self.url}: {err}".strip()) from None
+        except psycopg2.Error as err:  # libpq's message, on one line
+            reason = " ".join(str(err).split()) or type(err).__name__
+            raise InputError(f"cannot reach database {self.safe_url}: {reason}") from None
         except (sqlite3.DatabaseError, OSError) as err:
-            raise InputError(f"{self.url}: not a usable ASE database ({err})") from None
+            raise InputError(f"{self.safe_url}: not a usable ASE database ({err})") from None
+
+    @property
+    def safe_url(self) -> str:
+        """The store's address as shown to users and logs: without its password."""
+        return redact(self.url)
 
     # --- writing -------------------------------------------------------------------------
 
@@ -389,13 +412,13 @@ class DatasetStore:
         if level is None:
             if len(levels) > 1:
                 raise InputError(
-                    f"{self.url} holds labels at several levels ({', '.join(sorted(levels))}): "
-                    "pick one with --level"
+                    f"{self.safe_url} holds labels at several levels "
+                    f"({', '.join(sorted(levels))}): pick one with --level"
                 )
             return next(iter(levels), None)
         if level not in levels:
             known = ", ".join(sorted(levels)) or "none"
-            raise InputError(f"{self.url} has no labels at level {level!r} (it has {known})")
+            raise InputError(f"{self.safe_url} has no labels at level {level!r} (it has {known})")
         return level
 
     def summary_rows(self) -> list[dict]:

@@ -11,7 +11,7 @@ import typer
 from pydantic import BaseModel
 from rich.console import Console
 
-from sapis.config import validate
+from sapis.config import redact, validate
 
 app = typer.Typer(
     help="SAPIS-MD: machine-learned potentials from as few DFT labels as possible.",
@@ -33,8 +33,9 @@ Settings = TypeVar("Settings", bound=BaseModel)
 
 
 def fail(err: Exception) -> typer.Exit:
-    """Print ``err`` as a one-line error; the exit to raise (status 2)."""
-    err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+    """Print ``err`` as a one-line error (passwords of URLs in it hidden); the exit to
+    raise (status 2)."""
+    err_console.print(f"[bold red]error:[/] {redact(str(err))}", highlight=False)
     return typer.Exit(code=2)
 
 

@@ -61,7 +61,7 @@ def label(
         other = store.levels() - {labeller.level}
         if other:  # allowed (a structure may carry several levels), but never silent
             console.print(
-                f"{database} also holds labels at {', '.join(sorted(other))}; these are "
+                f"{store.safe_url} also holds labels at {', '.join(sorted(other))}; these are "
                 f"stored beside them at {labeller.level}"
             )
         report = store.add(images, split=split, fractions=config.split, level=labeller.level)
@@ -183,9 +183,9 @@ def db_stats(
     if plot is not None:
         from sapis.cli.dataset_plot import plot_dataset
 
-        plot_dataset(rows, plot, title=db)
+        plot_dataset(rows, plot, title=store.safe_url)
         console.print(f"plots written to {plot}")
-    table = Table(title=f"{db}: {stats['rows']} rows")
+    table = Table(title=f"{store.safe_url}: {stats['rows']} rows")
     table.add_column("by")
     table.add_column("counts")
     for key in ("status", "split", "round", "level", "source"):

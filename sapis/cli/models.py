@@ -121,9 +121,13 @@ def _training_data(db: str, level: str | None) -> tuple[list, list]:
     store = DatasetStore(db)
     levels = store.levels()
     if level is None and len(levels) > 1:
-        raise InputError(f"{db} mixes levels of theory {sorted(levels)}: choose one with --level")
+        raise InputError(
+            f"{store.safe_url} mixes levels of theory {sorted(levels)}: choose one with --level"
+        )
     if level is not None and level not in levels:
-        raise InputError(f"{db} has no labels at level {level!r} (it has {sorted(levels)})")
+        raise InputError(
+            f"{store.safe_url} has no labels at level {level!r} (it has {sorted(levels)})"
+        )
     return store.labelled("train", level=level), store.labelled("val", level=level)
 
 
