@@ -105,8 +105,8 @@ def sample_cheap_level(campaign: Campaign, dfk=None, on_job=None) -> dict:
     else:
         finished = ((a[0], _run(*a)) for a in args)
     for job, trajectory in finished:
-        _save(out_dir, job, trajectory)
-        _store(campaign, job, trajectory.frames)
+        _save(out_dir, job, trajectory)  # stored as read back, as a resumed run stores it
+        _store(campaign, job, read_frames(out_dir / f"{job.name}.extxyz"))
         if on_job is not None:
             on_job(job, trajectory)
     for job in jobs:  # those of an earlier run too (the store skips what it holds)

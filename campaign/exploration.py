@@ -36,10 +36,15 @@ def saved_candidates(path: Path, summary_path: Path) -> tuple[list[Atoms], dict]
     return read_frames(path), {**summary, "resumed": True}
 
 
-def save_candidates(path: Path, summary_path: Path, frames: list[Atoms], summary: dict) -> None:
-    """Write a stage's candidates and its summary, each atomically."""
+def save_candidates(
+    path: Path, summary_path: Path, frames: list[Atoms], summary: dict
+) -> list[Atoms]:
+    """Write a stage's candidates and its summary, each atomically; the candidates as
+    read back, so that a run and a resumed run go on from the very same numbers (the
+    file keeps 8 decimals)."""
     write_frames(path, frames)
     write_text_atomically(summary_path, json.dumps(summary, indent=1))
+    return read_frames(path)
 
 
 def explore_round(
@@ -67,8 +72,7 @@ def explore_round(
     for atoms in frames:
         atoms.info["round"] = r
     summary["frames"] = len(frames)
-    save_candidates(path, summary_path, frames, summary)
-    return frames, summary
+    return save_candidates(path, summary_path, frames, summary), summary
 
 
 def _molecular_dynamics(

@@ -99,5 +99,4 @@ def generate_round(
         "rejected": rejected,
         "training": asdict(training) if training else "resumed",
     }
-    save_candidates(path, summary_path, frames, summary)
-    return frames, summary
+    return save_candidates(path, summary_path, frames, summary), summary

@@ -167,7 +167,8 @@ def _round3(value: float) -> str | float:
 def round_table(rounds: list[RoundRecord]) -> list[Row]:
     """One row per round: counts, class percentages of explored frames, median and 95th
     percentile of their calibrated max force deviation (eV/Å), test MAEs in
-    meV/Å and meV (1 decimal), DFT and per-stage seconds ("-" where missing or NaN)."""
+    meV/Å and meV (1 decimal), DFT and per-stage seconds ("-" where missing or NaN)
+    summed over the round's attempts (more than 1: the round was resumed)."""
     rows: list[Row] = []
     sources = sorted({src for r in rounds for src in r.by_source})
     for r in rounds:
@@ -196,6 +197,7 @@ def round_table(rounds: list[RoundRecord]) -> list[Row]:
         for stage in STAGES:
             s = r.seconds.get(stage)
             row[f"{stage} s"] = round(s, 1) if s is not None else "-"
+        row["attempts"] = r.attempts
         row["stop"] = r.stop_reason or ""
         rows.append(row)
     return rows

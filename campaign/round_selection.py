@@ -1,7 +1,9 @@
 """A round's choice of what to label: the selection applied to its candidates, written
 to ``selected.extxyz`` before the chosen structures are stored as pending."""
 
+import json
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ from ase import Atoms
 from sapis.campaign.campaign import Campaign
 from sapis.campaign.selection import FEATURE_POLICIES, UNCERTAINTY, Selection, select
 from sapis.campaign.training import training_sets
-from sapis.io import read_frames, write_frames
+from sapis.io import read_frames, write_frames, write_text_atomically
 from sapis.surrogate.ensemble import Ensemble
 
 
@@ -58,16 +60,22 @@ def select_round(
     that scored the frames) gives the quantile window and the features of ``lcmd`` and
     ``maxdet``.
 
-    The choice is written to ``selected.extxyz`` before anything is stored, so a rerun
-    after a kill stores the same structures (the store skips those it has) instead of
-    choosing again.
+    The choice is written to ``selected.extxyz`` (and its counts and window to
+    ``selection.json``) before anything is stored, so a rerun after a kill stores the same
+    structures (the store skips those it has) and records the same counts, instead of
+    choosing again with what the store holds by then.
     """
     window, store = campaign.config.selection, campaign.store
     chosen_path = campaign.folder.selected_path(r)
+    summary_path = chosen_path.with_name("selection.json")
+    if chosen_path.is_file() and summary_path.is_file():
+        sel = Selection(chosen=read_frames(chosen_path), **json.loads(summary_path.read_text()))
+        store.add(sel.chosen, fractions=campaign.fractions, level=campaign.level)
+        return sel
     seed = window.seed + r
     view = _ensemble_view(campaign, ensemble, frames) if ensemble is not None else {}
     lo, hi = window_bounds(campaign, frames, view.get("val_uncertainty"))
-    if chosen_path.is_file():
+    if chosen_path.is_file():  # chosen by a version that kept no selection.json
         sel = select(frames, 0, lo, hi, "random", seed=seed)
         sel.chosen = read_frames(chosen_path)
         chosen = {a.info["hash"] for a in sel.chosen}
@@ -93,6 +101,9 @@ def select_round(
         )
         for a in sel.chosen:
             a.info["round"] = r
-        write_frames(chosen_path, sel.chosen)
+        summary = {f.name: getattr(sel, f.name) for f in fields(sel) if f.name != "chosen"}
+        write_text_atomically(summary_path, json.dumps(summary, indent=1))
+        write_frames(chosen_path, sel.chosen)  # last: it marks the choice made
+        sel.chosen = read_frames(chosen_path)  # as a resumed run reads them
     store.add(sel.chosen, fractions=campaign.fractions, level=campaign.level)
     return sel
