@@ -171,6 +171,10 @@ def parsl_config(executor: ExecutorConfig, cores_per_label: int, run_dir: str | 
             cores_per_worker=cores_per_label,
             provider=_provider(executor, cores_per_label),
             heartbeat_period=5,  # a dead worker is noticed (and its label retried) within ~5 s
+            # a worker pool that hears nothing from the interchange for a minute (this
+            # process and its interchange killed) exits and so ends its batch job; the
+            # interchange gives up on a silent pool as soon (its labels are retried)
+            heartbeat_threshold=60,
             # the interchange runs here: start it with this Python, whatever PATH says
             interchange_launch_cmd=[
                 sys.executable,

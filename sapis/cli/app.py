@@ -13,7 +13,24 @@ from rich.console import Console
 
 from sapis.config import redact, validate
 
-app = typer.Typer(
+
+class _Command(typer.Typer):
+    """The ``sapis`` command: SIGTERM unwinds like Ctrl-C (exit status 143), and no
+    process it started outlives it, even after SIGKILL (:mod:`sapis.processes`)."""
+
+    def __call__(self, *args, **kwargs):
+        from sapis.processes import Terminated, guard_children, stop_on_sigterm
+
+        guard_children()
+        try:
+            with stop_on_sigterm():
+                return super().__call__(*args, **kwargs)
+        except Terminated:
+            err_console.print("stopped by SIGTERM", highlight=False)
+            raise
+
+
+app = _Command(
     help="SAPIS-MD: machine-learned potentials from as few DFT labels as possible.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

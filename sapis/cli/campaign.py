@@ -1,6 +1,7 @@
 """Verbs on campaigns (Prefect flows): ``sapis campaign``, ``round``, ``status``,
 ``serve`` and ``scaling``."""
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Annotated
@@ -31,23 +32,34 @@ _SHORT = {
 
 
 def _prefect_environment() -> None:
-    """Offline defaults for Prefect: no analytics; a temporary local server (SQLite)
-    unless PREFECT_API_URL names one, given two minutes to start on a busy machine
-    (Prefect's default is 20 s)."""
+    """Offline defaults for Prefect: no analytics; nequip's model loads not logged."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     # nequip logs every model load at INFO, which Prefect's console handler would show
     os.environ.setdefault("_NEQUIP_LOG_LEVEL", "WARNING")
 
 
-def _ui_hint() -> str:
-    url = os.environ.get("PREFECT_API_URL")
-    if url:
-        return f"Prefect UI: {url.removesuffix('/api')} (flow runs, artifacts)"
-    return (
-        "Prefect UI: this run used a temporary server; to watch runs live, start "
-        "`prefect server start` and export PREFECT_API_URL=http://127.0.0.1:4200/api first"
-    )
+def _prefect_server(
+    stack: contextlib.ExitStack, folder: Path, host: str = "127.0.0.1", port: int = 0
+):
+    """The Prefect server this command uses: the one PREFECT_API_URL names, or one started
+    now for as long as ``stack`` lasts (its log in ``folder``); prints the UI address.
+    Call before importing Prefect."""
+    _prefect_environment()
+    from sapis.flows.server import prefect_server
+
+    try:
+        server = stack.enter_context(prefect_server(host, port, folder / "prefect-server.log"))
+    except InputError as err:
+        raise fail(err) from None
+    if server.started:
+        console.print(
+            f"Prefect UI: {server.ui_url} (this command's server: it stops when the command "
+            "ends; its runs stay in PREFECT_HOME, where `prefect server start` shows them)",
+            highlight=False,
+        )
+    else:
+        console.print(f"Prefect UI: {server.ui_url} (PREFECT_API_URL)", highlight=False)
+    return server
 
 
 def _open_folder(folder: Path):
@@ -106,17 +118,18 @@ def campaign(
         raise fail(InputError(format_validation_error(err, "options"))) from None
     except InputError as err:
         raise fail(err) from None
-    _prefect_environment()
-    from sapis.flows.campaign import campaign as campaign_flow
+    with contextlib.ExitStack() as stack:
+        _prefect_server(stack, started.folder.root)
+        from sapis.flows.campaign import campaign as campaign_flow
 
-    with campaign_session(started):  # the flow run takes this session over
-        result = campaign_flow(params)
+        with campaign_session(started):  # the flow run takes this session over
+            result = campaign_flow(params)
     _print_rounds(started.folder)
     console.print(
         f"stopped: {result['stop_reason']}\n"
         f"final test errors: forces {1000 * result['test_force_mae']:.1f} meV/Å, energies "
         f"{1000 * result['test_energy_mae']:.1f} meV ({result['labels']} labels)\n"
-        f"report: {result['report']}\n{_ui_hint()}",
+        f"report: {result['report']}",
         highlight=False,
     )
 
@@ -140,15 +153,16 @@ def refinement_round(
             raise InputError(f"--temperature must be positive kelvin, got {temperature}")
     except InputError as err:
         raise fail(err) from None
-    _prefect_environment()
-    from sapis.flows.campaign import refinement_round as round_flow
-    from sapis.flows.parameters import RoundOverrides, RoundParameters
+    with contextlib.ExitStack() as stack:
+        _prefect_server(stack, cf.root)
+        from sapis.flows.campaign import refinement_round as round_flow
+        from sapis.flows.parameters import RoundOverrides, RoundParameters
 
-    record = round_flow(
-        RoundParameters(
-            folder=str(cf.root), round=RoundOverrides(labels=labels, temperatures=temperature)
+        record = round_flow(
+            RoundParameters(
+                folder=str(cf.root), round=RoundOverrides(labels=labels, temperatures=temperature)
+            )
         )
-    )
     _print_rounds(cf)
     console.print(f"round {record.round} done; report: {cf.root / 'report.md'}")
 
@@ -170,23 +184,33 @@ def serve(
         str | None,
         typer.Option(help="Schedule of the refinement round, e.g. '0 2 * * *' (nightly)."),
     ] = None,
+    host: Annotated[
+        str,
+        typer.Option(
+            help="Address the Prefect server started here listens on (when PREFECT_API_URL "
+            "names none); 0.0.0.0 opens it to the network: put authentication in front."
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Its port (0: a free one).", min=0, max=65535)] = 0,
 ) -> None:
     """Serve the `campaign` and `refinement-round` deployments from this process (no work
     pool needed): trigger them from the Prefect UI; with --cron the round runs on that
-    schedule."""
+    schedule. Without PREFECT_API_URL a Prefect server (API and UI) runs as long as this
+    command, on 127.0.0.1 unless --host says otherwise."""
     from sapis.campaign.campaign import Campaign
 
     try:
         folder = Campaign.start(config).folder
     except InputError as err:
         raise fail(err) from None
-    _prefect_environment()
-    from prefect import serve as prefect_serve
+    with contextlib.ExitStack() as stack:
+        _prefect_server(stack, folder.root, host, port)
+        from prefect import serve as prefect_serve
 
-    from sapis.flows.deployments import served_deployments
+        from sapis.flows.deployments import served_deployments
 
-    console.print(f"serving {folder.root.name}-campaign and {folder.root.name}-round; {_ui_hint()}")
-    prefect_serve(*served_deployments(folder, cron))
+        console.print(f"serving {folder.root.name}-campaign and {folder.root.name}-round")
+        prefect_serve(*served_deployments(folder, cron))
 
 
 @app.command()
