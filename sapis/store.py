@@ -1,10 +1,10 @@
 """The dataset store: an ASE database (SQLite file or PostgreSQL URL).
 
 Each row holds a structure, its labels (energy in eV, forces in eV/Å, through ASE's own
-columns), and key-value pairs: ``status`` (pending | labelled | failed), ``reason`` for
-failures, ``level`` of theory, ``round``, ``split`` (train | val | test), provenance
-(``source``, ``temperature``, ``parent``), ``uncertainty`` at selection time, and label
-details (``rung``, ``label_seconds``, ``program``, ``run``).
+columns), and key-value pairs: ``status`` (pending | running | labelled | failed),
+``reason`` for failures, ``level`` of theory, ``round``, ``split`` (train | val | test),
+provenance (``source``, ``temperature``, ``parent``), ``uncertainty`` at selection time,
+and label details (``rung``, ``label_seconds``, ``program``, ``run``).
 
 A structure may carry labels at several levels of theory (a cheap GFN2-xTB label beside
 a DFT one): a row is one (structure, level). Its ``unique_id`` is ``hash:level`` (see
@@ -13,12 +13,21 @@ level, and labelling is idempotent even with several writers at once. A pending 
 names the level it waits for; rows stored without a level (older stores, or pending
 rows added with none) keep the bare hash and count as stored at every level until
 labelled. Readers pick a level; nothing mixes levels silently.
+
+A row being labelled is claimed (``running``, with an owner, a heartbeat and a lease that
+lapses; see :mod:`sapis.claims`): drivers sharing a store each claim the rows they label,
+skip the rows another live driver holds and take over lapsed claims, so no row is paid
+for twice, and a label is stored only by its claim's owner.
 """
 
+import contextlib
+import logging
 import os
 import sqlite3
+import time
 import uuid
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,16 +42,18 @@ from ase_db_backends.postgresql import Connection as PostgresConnection
 from ase_db_backends.postgresql import PostgreSQLDatabase
 from pydantic import Field, model_validator
 
+from sapis.claims import CLAIM_KEYS, LEASE_SECONDS, Claim, Owner, run_of
 from sapis.config import Strict, is_url, redact
 from sapis.errors import InputError
 from sapis.io import carries_labels, label_problem
 from sapis.labels import LabelResult
 from sapis.structures import structure_hash
 
-STATUSES = ("pending", "labelled", "failed")
+STATUSES = ("pending", "running", "labelled", "failed")
 SPLITS = ("train", "val", "test")
 PROVENANCE_KEYS = ("source", "round", "temperature", "parent", "uncertainty")
 _DUPLICATE = (sqlite3.IntegrityError, psycopg2.IntegrityError)
+log = logging.getLogger(__name__)
 
 
 class SplitConfig(Strict):
@@ -117,6 +128,18 @@ class AddReport:
     duplicates: int = 0
 
 
+@dataclass
+class ClaimOutcome:
+    """What :meth:`DatasetStore.claim` did with each row id: ``claimed`` (of those,
+    ``taken_over`` from a lapsed claim), ``busy`` (held by another live driver) or
+    ``done`` (labelled, failed, at another level or gone)."""
+
+    claimed: list[int] = field(default_factory=list)
+    taken_over: list[int] = field(default_factory=list)
+    busy: list[int] = field(default_factory=list)
+    done: list[int] = field(default_factory=list)
+
+
 #: Seconds a connection attempt waits for the server (libpq's default is forever, so a
 #: firewalled host would hang a command for minutes).
 CONNECT_TIMEOUT = 10
@@ -143,7 +166,14 @@ class _PostgreSQLDatabase(PostgreSQLDatabase):
     """ase-db-backends' PostgreSQL database with two concurrency bugs fixed: a new row's
     id was read as the sequence's global ``last_value``, so with two writers a row's
     search keys could land on the other writer's row (or on none, failing the foreign
-    key); ``currval`` is this session's own. And failed transactions can roll back."""
+    key); ``currval`` is this session's own. Failed transactions can roll back. And two
+    processes opening a new database at once no longer both create its tables (one
+    failed on a duplicate type): the first holds a lock while it creates them."""
+
+    def _initialize(self, con) -> None:
+        if not self.initialized:  # the lock lasts until the creator commits its tables
+            con.cursor().execute("SELECT pg_advisory_xact_lock(hashtext('sapis ase schema'))")
+        super()._initialize(con)
 
     def _connect(self):
         return _Connection(psycopg2.connect(self.filename, **connect_options(self.filename)))
@@ -292,16 +322,30 @@ class DatasetStore:
         info = {k: v for k, v in atoms.info.items() if isinstance(v, str | int | float)}
         return row, kvp, {"info": info}
 
-    def record(self, row_id: int, result: LabelResult, run: str) -> None:
-        """Write a label outcome onto row ``row_id``: labels if converged, else ``failed``
-        with the reason. Every attempt of the fallback ladder goes into the row's data.
-        A row waiting for one level refuses a label at another."""
-        old = self.db.get(id=row_id)
+    def record(self, row_id: int, result: LabelResult, run: str) -> bool:
+        """Write a label outcome of label run ``run`` onto row ``row_id``: labels if
+        converged, else ``failed`` with the reason; every attempt of the fallback ladder
+        goes into the row's data, and the row's claim ends. Only the claim's owner may
+        write (or anyone while the row is unclaimed ``pending``): a result of a run whose
+        claim was taken over, or for a row labelled meanwhile, is logged and dropped
+        (returns False). A row waiting for one level refuses a label at another."""
+        with self._locked([row_id]) as rows:
+            old = rows.get(row_id)
+            owner = old.get("owner") if old is not None else None
+            status = old.get("status") if old is not None else "gone"
+            if not (status == "pending" or (status == "running" and run_of(owner) == run)):
+                held = f" by {owner}" if status == "running" else ""
+                log.warning("row %s is %s%s: result of %s not stored", row_id, status, held, run)
+                return False
+            self._write_result(old, result, run)
+        return True
+
+    def _write_result(self, old: AtomsRow, result: LabelResult, run: str) -> None:
         atoms = old.toatoms()
-        kvp = old.key_value_pairs
+        kvp = {k: v for k, v in old.key_value_pairs.items() if k not in CLAIM_KEYS}
         level = result.provenance.get("level", "unknown")
         if kvp.get("level") not in (None, level):
-            raise ValueError(f"row {row_id} waits for a label at {kvp['level']}, not {level}")
+            raise ValueError(f"row {old.id} waits for a label at {kvp['level']}, not {level}")
         kvp.update(
             status="labelled" if result.converged else "failed",
             level=level,
@@ -320,15 +364,22 @@ class DatasetStore:
         row.unique_id, row.ctime, row.user = old.unique_id, old.ctime, old.user
         data = dict(old.data)
         data.update(attempts=result.attempts_as_dicts(), dft=result.provenance)
-        self.db.write(row, key_value_pairs=kvp, data=data, id=row_id)
+        self.db.write(row, key_value_pairs=kvp, data=data, id=old.id)
 
     def reset_failed(self, level: str | None = None) -> int:
         """Set every ``failed`` row (at ``level``, or at any) back to ``pending`` (e.g.
         after raising the time limit or changing the ladder); the failure is kept in the
         row's data as ``previous_failure``. Returns how many rows were reset."""
-        failed = list(self.db.select(status="failed", **({"level": level} if level else {})))
-        with self.db:
-            for row in failed:
+        ids = [
+            r.id
+            for r in self.db.select(status="failed", include_data=False)
+            if level is None or r.get("level") == level
+        ]
+        reset = 0
+        with self._locked(ids) as rows:
+            for row in rows.values():
+                if row.get("status") != "failed":  # another driver reset it meanwhile
+                    continue
                 previous = {"reason": row.get("reason"), "attempts": row.data.get("attempts")}
                 self.db.update(
                     row.id,
@@ -336,18 +387,135 @@ class DatasetStore:
                     status="pending",
                     data={"previous_failure": previous},
                 )
-        return len(failed)
+                reset += 1
+        return reset
+
+    # --- claims on rows being labelled ------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, row_ids: Iterable[int]) -> Iterator[dict[int, AtomsRow]]:
+        """One transaction in which rows ``row_ids`` are locked against other writers
+        (SQLite: the whole file, PostgreSQL: those rows, in id order so that two lockers
+        never deadlock), with their contents read after the lock (a missing id is left
+        out). Writes through ``self.db`` inside go into this transaction."""
+        ids = sorted(set(row_ids))
+        with self.db:
+            con = self.db.connection
+            if isinstance(self.db, _PostgreSQLDatabase):
+                cur = con.cursor()
+                cur.execute(
+                    "SELECT id FROM systems WHERE id = ANY(?) ORDER BY id FOR UPDATE", [ids]
+                )
+            else:
+                con.execute("BEGIN IMMEDIATE")
+            rows = {}
+            for row_id in ids:
+                with contextlib.suppress(KeyError):
+                    rows[row_id] = self.db.get(id=row_id)
+            yield rows
+
+    def claim(
+        self,
+        row_ids: Iterable[int],
+        owner: Owner,
+        lease: float = LEASE_SECONDS,
+        level: str | None = None,
+        now: float | None = None,
+    ) -> ClaimOutcome:
+        """Claim the rows ``row_ids`` waiting for a label (at ``level``, when given) for
+        ``owner``, for ``lease`` seconds from ``now`` (Unix seconds; default: the clock):
+        atomically, so of two drivers claiming one row one gets it. A row is claimed when
+        it is ``pending`` or its claim has lapsed (taken over); rows held by a live claim
+        of another owner are ``busy``; rows labelled, failed or gone meanwhile are
+        ``done``."""
+        now = time.time() if now is None else now
+        out = ClaimOutcome()
+        with self._locked(row_ids) as rows:
+            for row_id in sorted(set(row_ids)):
+                row = rows.get(row_id)
+                status = row.get("status") if row is not None else None
+                held = Claim.of(row) if row is not None else None
+                at = level is None or row.get("level") in (None, level)
+                if status not in ("pending", "running") or not at:
+                    out.done.append(row_id)
+                    continue
+                if held is not None and held.owner != str(owner) and not held.lapsed(now):
+                    out.busy.append(row_id)
+                    continue
+                if held is not None and held.owner != str(owner):
+                    out.taken_over.append(row_id)
+                    log.warning("row %s: taking over the lapsed claim of %s", row_id, held.owner)
+                self.db.update(
+                    row_id,
+                    status="running",
+                    owner=str(owner),
+                    owner_machine=owner.machine,
+                    heartbeat=now,
+                    lease_until=now + lease,
+                )
+                out.claimed.append(row_id)
+        return out
+
+    def renew(
+        self, owner: Owner, lease: float = LEASE_SECONDS, now: float | None = None
+    ) -> list[int]:
+        """Extend every claim ``owner`` still holds to ``lease`` seconds from ``now``;
+        returns their row ids (a claim taken over is no longer among them)."""
+        now = time.time() if now is None else now
+        held = [r.id for r in self.db.select(owner=str(owner), include_data=False)]
+        renewed: list[int] = []
+        if not held:
+            return renewed
+        with self._locked(held) as rows:
+            for row in rows.values():
+                if row.get("status") == "running" and row.get("owner") == str(owner):
+                    self.db.update(row.id, heartbeat=now, lease_until=now + lease)
+                    renewed.append(row.id)
+        return renewed
+
+    def release(self, owner: Owner, row_ids: Iterable[int] | None = None) -> list[int]:
+        """Give the claims of ``owner`` (on ``row_ids``, or all it holds) back: those rows
+        are ``pending`` again. Returns their ids."""
+        if row_ids is None:
+            row_ids = [r.id for r in self.db.select(owner=str(owner), include_data=False)]
+        released: list[int] = []
+        if not row_ids:
+            return released
+        with self._locked(row_ids) as rows:
+            for row in rows.values():
+                if row.get("status") == "running" and row.get("owner") == str(owner):
+                    self.db.update(row.id, delete_keys=list(CLAIM_KEYS), status="pending")
+                    released.append(row.id)
+        return released
 
     # --- reading -------------------------------------------------------------------------
 
-    def pending(self, level: str | None = None) -> list[tuple[int, Atoms]]:
-        """(row id, structure) of every row still waiting for a label: at ``level`` (and
-        those waiting for none in particular), or at any level when None."""
+    def waiting(self, level: str | None = None) -> list[tuple[int, Atoms, Claim | None]]:
+        """(row id, structure, claim) of every row still waiting for a label: ``pending``
+        ones (claim None) and ``running`` ones with their claim; at ``level`` (and those
+        waiting for none in particular), or at any level when None."""
+        out = []
+        for status in ("pending", "running"):
+            for r in self.db.select(status=status):
+                if level is None or r.get("level") in (None, level):
+                    out.append((r.id, r.toatoms(), Claim.of(r)))
+        return sorted(out, key=lambda w: w[0])
+
+    def pending(
+        self, level: str | None = None, now: float | None = None
+    ) -> list[tuple[int, Atoms]]:
+        """(row id, structure) of every row waiting for a label that no live driver holds:
+        ``pending`` rows and lapsed claims (see :meth:`waiting` for ``level``)."""
+        now = time.time() if now is None else now
         return [
-            (r.id, r.toatoms())
-            for r in self.db.select(status="pending")
-            if level is None or r.get("level") in (None, level)
+            (row_id, atoms)
+            for row_id, atoms, held in self.waiting(level)
+            if held is None or held.lapsed(now)
         ]
+
+    def claims(self, level: str | None = None) -> list[Claim]:
+        """The claims on rows being labelled (at ``level``, see :meth:`waiting`)."""
+        return [held for _, _, held in self.waiting(level) if held is not None]
 
     def structures(self, include_failed: bool = False) -> list[Atoms]:
         """Every stored structure, labelled or not (failed labels only if asked)."""

@@ -88,9 +88,10 @@ def select_for_labelling(
 @task(name="label", cache_policy=NONE)
 def label_pending_rows(session: Session, round_: int) -> dict:
     """Label every pending row (on the session's Parsl when the labeller is remote), with
-    a progress artifact; rows whose app died stay pending and fail the task."""
+    a progress artifact; rows another driver is labelling are waited for; rows whose app
+    died stay pending and fail the task."""
     campaign = session.campaign
-    total = len(campaign.store.pending(campaign.level))
+    total = len(campaign.store.waiting(campaign.level))
     if total == 0:
         return {"labelled": 0, "failed": 0}
     progress = create_progress_artifact(

@@ -42,9 +42,14 @@ def label(
     (or the config's labeller).
 
     Structures already stored are skipped (never paid for twice); labels are written as
-    each one finishes, so a rerun after a crash labels only what is missing."""
+    each one finishes, so a rerun after a crash labels only what is missing. Rows another
+    running `sapis label` or campaign is labelling are left to it (each row is claimed
+    by the run that labels it)."""
+    import time
+
     from sapis.campaign.campaign import make_labeller
     from sapis.campaign.config import load_config
+    from sapis.claims import lease_seconds
     from sapis.dft.batch import label_pending
     from sapis.store import DatasetStore, check_split
 
@@ -56,6 +61,7 @@ def label(
         if input is None:
             raise InputError("no structures: give INPUT or system.structures in the config")
         images = read_checked(input, labeller.check)
+        lease_seconds()  # a bad $SAPIS_CLAIM_LEASE is refused before anything is stored
         database = db or config.database
         store = DatasetStore(database)
         other = store.levels() - {labeller.level}
@@ -71,11 +77,16 @@ def label(
     except InputError as err:
         raise fail(err) from None
     pending = len(store.pending(labeller.level))
+    now = time.time()
+    others = [c for c in store.claims(labeller.level) if not c.lapsed(now)]
     console.print(
         f"{len(images)} structures read: {len(report.added)} new, "
         f"{report.duplicates} already stored; {pending} to label at "
         f"{labeller.level} on '{config.executor.profile}'"
     )
+    if others:
+        runs = ", ".join(sorted({c.owner for c in others}))
+        console.print(f"{len(others)} rows are being labelled by another run ({runs}): skipped")
     try:
         with Progress(
             TextColumn("[bold]labelling"),
@@ -93,7 +104,9 @@ def label(
                     progress.console.print(f"row {row_id} failed: {result.reason}", highlight=False)
                 progress.update(task, advance=1, description=f"row {row_id}")
 
-            summary = label_pending(store, labeller, config.executor, on_result=advance)
+            summary = label_pending(
+                store, labeller, config.executor, on_result=advance, wait_for_others=False
+            )
     except InputError as err:  # a stored pending row that cannot be labelled
         raise fail(err) from None
     table = Table(title=f"label run {summary.run}", show_header=False)
@@ -101,11 +114,16 @@ def label(
         ("labelled", summary.labelled),
         ("failed", summary.failed),
         ("skipped (already stored)", report.duplicates),
+        ("skipped (another run labels them)", summary.busy),
+        ("labelled by another run meanwhile", summary.elsewhere),
+        ("taken over from a stopped run", summary.taken_over),
+        ("dropped (another run took them over)", summary.lost),
         ("left pending (errors)", len(summary.errors)),
         ("wall time", f"{summary.seconds:.1f} s"),
         ("DFT time", f"{summary.label_seconds:.1f} s"),
     ]:
-        table.add_row(name, str(value))
+        if value != 0 or "run" not in name:  # lines on other runs only when they count
+            table.add_row(name, str(value))
     console.print(table)
     for row_id, error in summary.errors.items():
         err_console.print(f"row {row_id} left pending: {error}", highlight=False)
@@ -193,14 +211,16 @@ def db_stats(
     console.print(table)
     if level is None and len(levels) > 1:
         by_level = Table(title="by level of theory")
-        for column in ("level", "labelled", "pending", "failed", "label seconds"):
+        for column in ("level", "labelled", "pending", "running", "failed", "label seconds"):
             by_level.add_column(column)
         for name in levels:
             at = [r for r in rows if r["level"] == name]
             seconds = sum(r["label_seconds"] or 0.0 for r in at)
             counts = Counter(r["status"] for r in at)
             by_level.add_row(
-                name, *(str(counts[k]) for k in ("labelled", "pending", "failed")), f"{seconds:.1f}"
+                name,
+                *(str(counts[k]) for k in ("labelled", "pending", "running", "failed")),
+                f"{seconds:.1f}",
             )
         console.print(by_level)
         console.print(f"{len(levels)} levels: pick one with --level for label ranges")

@@ -6,7 +6,12 @@ from pathlib import Path
 import numpy as np
 
 SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
-STATUS_COLOURS = {"labelled": "tab:green", "pending": "tab:gray", "failed": "tab:red"}
+STATUS_COLOURS = {
+    "labelled": "tab:green",
+    "pending": "tab:gray",
+    "running": "tab:blue",
+    "failed": "tab:red",
+}
 
 
 def plot_dataset(rows: list[dict], path: str | Path, title: str = "") -> Path:

@@ -8,6 +8,7 @@ from ase.build import molecule
 from ase.calculators.singlepoint import SinglePointCalculator
 from conftest import jiggled
 
+from sapis.claims import Owner
 from sapis.dft import label
 from sapis.dft.settings import DFTSettings
 from sapis.errors import InputError
@@ -158,3 +159,143 @@ def test_one_structure_at_two_levels_and_each_level_read_alone(db_url):
     assert store.label_seconds(level="GFN2-xTB")["labelled"] == 1
     with pytest.raises(InputError, match="several levels"):
         store.export("never-written.xyz")
+
+
+# --- claims on rows being labelled -------------------------------------------------------
+
+
+def test_a_claimed_row_is_skipped_by_another_driver_and_counted_as_running(db_url):
+    store = DatasetStore(db_url)
+    store.add(jiggled("H2O", 3, seed=2), level="PBE/sto-3g")
+    first, second = Owner("run-a"), Owner("run-b")
+    assert store.claim([1, 2], first, level="PBE/sto-3g").claimed == [1, 2]
+    outcome = DatasetStore(db_url).claim([1, 2, 3], second, level="PBE/sto-3g")
+    assert (outcome.claimed, outcome.busy, outcome.taken_over) == ([3], [1, 2], [])
+    assert store.claim([1], first).claimed == [1]  # an owner may renew its own claim
+    assert store.pending("PBE/sto-3g") == []
+    assert store.count(status="running") == 3 and store.count(status="pending") == 0
+    assert store.stats()["status"] == {"running": 3}
+    assert sorted((c.row_id, c.run) for c in store.claims()) == [
+        (1, "run-a"),
+        (2, "run-a"),
+        (3, "run-b"),
+    ]
+    row = store.db.get(id=1)
+    assert row.owner == str(first) and row.lease_until > row.heartbeat
+    # a claim ends with a release: the row waits again, without a trace of the claim
+    assert store.release(first) == [1, 2]
+    assert [i for i, _ in store.pending()] == [1, 2]
+    assert store.db.get(id=1).get("owner") is None
+    assert store.count(status="running") == 1
+
+
+def test_a_lapsed_claim_is_taken_over_and_its_late_result_is_dropped(db_url, cheap, caplog):
+    store = DatasetStore(db_url)
+    store.add([molecule("H2O")])
+    slow, other = Owner("run-slow"), Owner("run-other", machine="another machine")
+    store.claim([1], slow, lease=10.0, now=1000.0)
+    assert store.claim([1], other, now=1009.0).busy == [1]  # the lease still runs
+    assert [i for i, _ in store.pending(now=1009.0)] == []
+    assert [i for i, _ in store.pending(now=1010.0)] == [1]
+    outcome = store.claim([1], other, now=1010.0)
+    assert outcome.claimed == outcome.taken_over == [1]
+    assert store.renew(slow) == []  # the slow driver learns it lost the row
+    result = label(molecule("H2O"), cheap)
+    with caplog.at_level("WARNING", logger="sapis.store"):
+        assert store.record(1, result, run="run-slow") is False
+    assert "result of run-slow not stored" in caplog.text
+    assert store.db.get(id=1).status == "running"
+    assert store.record(1, result, run="run-other") is True
+    row = store.db.get(id=1)
+    assert (row.status, row.run, row.get("owner")) == ("labelled", "run-other", None)
+    # a row labelled meanwhile refuses the result of anyone else, claimed or not
+    assert store.record(1, result, run="run-slow") is False
+    assert store.claim([1], slow).done == [1]
+
+
+def test_the_claim_of_a_killed_driver_on_this_machine_is_taken_over_at_once(db_url):
+    store = DatasetStore(db_url)
+    store.add(jiggled("H2O", 2, seed=4))
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    dead = Owner("run-dead", pid=int(gone.stdout))  # this machine, its process has ended
+    alive = Owner("run-elsewhere", pid=int(gone.stdout), machine="another machine")
+    store.claim([1], dead)
+    store.claim([2], alive)
+    assert [i for i, _ in store.pending()] == [1]
+    outcome = store.claim([1, 2], Owner("run-new"))
+    assert (outcome.taken_over, outcome.busy) == ([1], [2])
+
+
+CLAIMER = """
+import os, random, sys, time
+from sapis.claims import Owner
+from sapis.store import DatasetStore
+store = DatasetStore(sys.argv[1])
+owner = Owner(sys.argv[2], machine="far")  # held until the lease ends, though we exit
+ids = list(range(1, int(sys.argv[3]) + 1))
+random.Random(sys.argv[2]).shuffle(ids)
+print("ready", flush=True)
+while not os.path.exists(sys.argv[4]):  # all start claiming together
+    time.sleep(0.01)
+for row_id in ids:
+    print(*store.claim([row_id], owner).claimed)
+"""
+
+
+def test_drivers_claiming_at_once_each_get_distinct_rows(db_url, tmp_path):
+    n = 60
+    store = DatasetStore(db_url)
+    store.add(jiggled("CH4", n, seed=6))
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIMER, db_url, f"run-{k}", str(n), str(go)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for k in range(4)
+    ]
+    assert [p.stdout.readline() for p in procs] == ["ready\n"] * 4
+    go.touch()
+    got = [p.communicate(timeout=300)[0].split() for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4
+    claimed = [int(i) for ids in got for i in ids]
+    assert sorted(claimed) == list(range(1, n + 1))  # every row once, none twice
+    owners = {c.row_id: c.run for c in store.claims()}
+    for k, ids in enumerate(got):
+        assert all(owners[int(i)] == f"run-{k}" for i in ids)
+
+
+OPENER = """
+import os, sys, time
+from ase.build import molecule
+from sapis.store import DatasetStore
+print("ready", flush=True)
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.01)
+DatasetStore(sys.argv[1]).add([molecule(sys.argv[3])])
+"""
+
+
+def test_drivers_opening_a_new_store_at_once_all_get_it(db_url, tmp_path):
+    go = tmp_path / "go"
+    names = ["H2O", "NH3", "CH4", "CO2"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPENER, db_url, str(go), name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name in names
+    ]
+    assert [p.stdout.readline() for p in procs] == ["ready\n"] * 4
+    go.touch()
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outs
+    assert DatasetStore(db_url).count() == 4

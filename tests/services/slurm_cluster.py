@@ -274,7 +274,11 @@ def _free_port() -> int:
 
 
 def _write_config(workdir: Path, node: str) -> Path:
-    """Write ``slurm.conf`` and ``cgroup.conf`` into ``workdir``."""
+    """Write ``slurm.conf`` and ``cgroup.conf`` into ``workdir``.
+
+    ``MinJobAge`` keeps Slurm's default of 300 s: without accounting, Parsl learns that
+    a job ended (cancelled, say) only from ``squeue --job``, which stops knowing the job
+    once it is purged; Parsl polls every 60 s."""
     for sub in ("state", "spool"):
         path = workdir / sub
         shutil.rmtree(path, ignore_errors=True)
@@ -305,7 +309,7 @@ SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
 KillWait=5
-MinJobAge=10
+MinJobAge=300
 MailProg=/bin/true
 StateSaveLocation={workdir / "state"}
 SlurmdSpoolDir={workdir / "spool"}
