@@ -153,3 +153,7 @@ def test_kill_9_during_a_batch_then_rerun_loses_nothing_and_repeats_nothing(tmp_
     relabelled = sum(1 for r in rows if r.id not in before)
     assert relabelled == n - len(before)
     assert f"{n} already stored" in second.stdout
+    # the killed run's claims (its process is gone) were taken over at once, not after
+    # their lease
+    assert "taken over from a stopped run" in second.stdout
+    assert all(r.get("owner") is None for r in rows)
