@@ -13,6 +13,7 @@ The sections ``dft``, ``executor``, ``training``, ``explore``, ``generator``, ``
 and ``split`` belong to the libraries that read them; the rest are the campaign's own.
 """
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -24,7 +25,7 @@ from sapis.dft.settings import DFTSettings
 from sapis.errors import InputError
 from sapis.generator.settings import GeneratorConfig
 from sapis.scaling.settings import ScalingConfig
-from sapis.store import SplitConfig
+from sapis.store import SplitConfig, database_problem
 from sapis.surrogate.settings import ExploreConfig, TrainingConfig
 
 
@@ -61,7 +62,7 @@ class SelectionConfig(Strict):
     lo_quantile: float = Field(0.9, ge=0.0, lt=1.0)
     hi_quantile: float = Field(0.99, gt=0.0, le=1.0)
     labels_per_round: int = Field(20, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # what every random generator accepts
 
     @model_validator(mode="after")
     def _window(self) -> "SelectionConfig":
@@ -117,7 +118,7 @@ class CheapPretraining(DFTSettings):
     max_epochs: int | None = Field(None, ge=1)
     test_frames: int = Field(0, ge=0)
     compare: bool = True
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # what every random generator accepts
 
     @field_validator("temperatures")
     @classmethod
@@ -150,10 +151,10 @@ class PretrainConfig(Strict):
 
     cheap: CheapPretraining | None = None
     labelled: Path | None = None
-    labelled_level: str | None = None
+    labelled_level: str | None = Field(None, min_length=1)
     displaced: int = Field(20, ge=0)
     rattle: float = Field(0.05, gt=0.0, le=0.5)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # what every random generator accepts
 
 
 class ApprovalConfig(Strict):
@@ -191,6 +192,39 @@ class CampaignConfig(Strict):
     folder: Path | None = None
     oracle: Path | None = None
     test_file: Path | None = None
+
+    @field_validator("database")
+    @classmethod
+    def _database(cls, database: str) -> str:
+        problem = database_problem(database)
+        if problem:
+            raise ValueError(problem)
+        return database
+
+    @model_validator(mode="after")
+    def _cores(self) -> "CampaignConfig":
+        """Labels on this machine (profiles threads and local) must fit its cores: more
+        threads than cores make every label many times slower. Batch profiles run on
+        other nodes; there only ``dft.threads`` <= MAX_THREADS holds."""
+        if self.executor.profile not in ("threads", "local"):
+            return self
+        cheap = self.pretrain.cheap
+        threads = max(self.dft.threads, cheap.threads if cheap is not None else 1)
+        workers, cores = self.executor.workers, available_cores()
+        if threads * workers > cores:
+            raise ValueError(
+                f"dft.threads × executor.workers: {threads} threads × {workers} workers = "
+                f"{threads * workers} cores, but this machine has {cores} (profile "
+                f"{self.executor.profile}); lower either, or run labels on a batch profile"
+            )
+        return self
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a Slurm allocation's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def parse_config(data: dict, base: Path = Path("."), source: str = "config") -> CampaignConfig:

@@ -195,7 +195,8 @@ class PySCFLabeller:
         return self.settings.threads
 
     def check(self, atoms: Atoms, where: str = "structure") -> None:
-        check_for_dft(atoms, self.charge, self.multiplicity, self.settings.basis, where)
+        s = self.settings
+        check_for_dft(atoms, self.charge, self.multiplicity, s.basis, where, s.max_basis_functions)
 
     def label(self, images: Sequence[Atoms]) -> list[LabelResult]:
         return [label(atoms, self.settings, self.charge, self.multiplicity) for atoms in images]

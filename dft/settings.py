@@ -36,6 +36,9 @@ DEFAULT_LADDER: tuple[Rung, ...] = (
 
 #: Tight-binding methods ``dft.program: xtb`` runs through tblite.
 XTB_METHODS = ("GFN2-xTB", "GFN1-xTB")
+#: Most threads one label may use (OpenMP runtimes crash far above a node's core count).
+MAX_THREADS = 256
+
 #: Fields only ``dft.program: xtb`` reads (PySCF's provenance leaves them out).
 XTB_ONLY = frozenset({"program", "method", "accuracy", "electronic_temperature"})
 
@@ -51,7 +54,11 @@ class DFTSettings(Strict):
 
     ``conv_tol`` is the SCF energy convergence in Hartree, ``time_limit`` the wall-time
     limit of one label over all rungs in seconds, ``max_memory`` PySCF's memory in MB,
-    ``threads`` the cores one label uses (the executors reserve that many per label).
+    ``max_basis_functions`` refuses larger structures before any label (PySCF's time
+    grows with the cube of the basis functions: 5000 is hours to days on a node),
+    ``threads`` the cores one label uses (the executors reserve that many per label; at
+    most :data:`MAX_THREADS`; a campaign running labels on this machine checks that
+    ``threads`` × ``executor.workers`` fits its cores).
     ``grid_response`` adds the derivative of the DFT grid weights to the forces, so they
     are the exact gradient of the energy and sum to zero (without it, a net force of a
     few meV/Å remains on a 9-atom molecule at grid level 3).
@@ -69,8 +76,9 @@ class DFTSettings(Strict):
     max_cycle: int = Field(50, ge=1)
     grid_level: int = Field(3, ge=0, le=9)
     grid_response: bool = True
-    threads: int = Field(1, ge=1)
+    threads: int = Field(1, ge=1, le=MAX_THREADS)
     max_memory: int = Field(4000, ge=100)
+    max_basis_functions: int = Field(5000, ge=1)
     time_limit: float = Field(3600.0, gt=0.0)
     ladder: list[Rung] = Field(default_factory=lambda: list(DEFAULT_LADDER), min_length=1)
 
@@ -79,19 +87,23 @@ class DFTSettings(Strict):
     def _known_xc(cls, xc: str) -> str:
         from pyscf.dft import libxc
 
+        if not xc.strip():
+            raise ValueError("empty: name a functional (PBE, B3LYP, ...)")
         try:
             libxc.parse_xc(xc)
         except Exception:
             raise ValueError(f"unknown exchange-correlation functional {xc!r}") from None
         return xc
 
-    @field_validator("basis")
+    @field_validator("basis", "auxbasis")
     @classmethod
-    def _known_basis(cls, basis: str) -> str:
+    def _known_basis(cls, basis: str | None) -> str | None:
         import warnings
 
         from pyscf.gto import basis as pyscf_basis
 
+        if basis is None:
+            return None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:

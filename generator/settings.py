@@ -36,4 +36,4 @@ class GeneratorConfig(Strict):
     guidance: float = Field(0.0, ge=0.0)
     guide_from: float = Field(0.3, gt=0.0, le=1.0)
     feasibility_steps: int = Field(3, ge=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # what every random generator accepts

@@ -8,10 +8,10 @@ all share: a base model that refuses unknown fields, the YAML reader and the err
 
 import re
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from sapis.errors import InputError
 
@@ -19,9 +19,22 @@ Model = TypeVar("Model", bound=BaseModel)
 
 
 class Strict(BaseModel):
-    """A config block that rejects unknown fields."""
+    """A config block that rejects unknown fields, NaN and infinite numbers, and empty
+    paths (``""`` would read as the current folder)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_empty_path(cls, value: object, info: ValidationInfo) -> object:
+        if value == "" and Path in _types(cls.model_fields[info.field_name].annotation):
+            raise ValueError("empty path: leave the field out or name a file")
+        return value
+
+
+def _types(annotation: object) -> tuple:
+    """The types an annotation admits (``Path | None``: Path and NoneType)."""
+    return get_args(annotation) or (annotation,)
 
 
 def is_url(database: str) -> bool:

@@ -68,7 +68,8 @@ def label_problem(atoms: Atoms) -> str | None:
     energy = np.asarray(results["energy"], dtype=float)
     forces = np.asarray(results["forces"], dtype=float)
     if energy.size != 1 or not np.isfinite(energy).all():
-        return f"energy {results['energy']!r} is not one finite number"
+        shown = energy.item() if energy.size == 1 else energy.tolist()
+        return f"energy {shown!r} is not one finite number"
     if forces.shape != (len(atoms), 3):
         return f"forces have shape {forces.shape}, expected ({len(atoms)}, 3)"
     if not np.isfinite(forces).all():
@@ -82,7 +83,8 @@ def read_structures(path: str | Path) -> list[Atoms]:
 
     ``.npz`` files are read as rMD17 (``nuclear_charges``, ``coords`` in Å, optional
     ``energies`` and ``forces`` in kcal/mol and kcal/mol/Å); anything else through
-    ``ase.io.read``. Raises :class:`InputError` naming the file and the problem.
+    ``ase.io.read``. Labels a file carries must be finite and of the right shape.
+    Raises :class:`InputError` naming the file and the problem.
     """
     path = Path(path)
     if not path.is_file():
@@ -99,6 +101,10 @@ def read_structures(path: str | Path) -> list[Atoms]:
         images = [images]
     if not images:
         raise InputError(f"{path}: no structures in file")
+    for k, atoms in enumerate(images):
+        problem = label_problem(atoms) if carries_labels(atoms) else None
+        if problem:
+            raise InputError(f"{path} structure {k}: {problem}")
     return list(images)
 
 
@@ -123,6 +129,8 @@ def read_rmd17(path: str | Path) -> list[Atoms]:
         raise InputError(
             f"{path}: coords have shape {coords.shape}, expected (frames, {len(numbers)}, 3)"
         )
+    if len(coords) == 0:
+        raise InputError(f"{path}: no structures in file (coords hold 0 frames)")
     labelled = energies is not None and forces is not None
     if labelled and not (len(energies) == len(forces) == len(coords)):
         raise InputError(

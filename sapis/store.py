@@ -183,23 +183,74 @@ class _PostgreSQLDatabase(PostgreSQLDatabase):
         return int(cur.fetchone()[0])
 
 
+#: File name endings of a SQLite store.
+SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def database_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as a store's address, or None: a store is a SQLite file
+    (ending in one of :data:`SQLITE_SUFFIXES`) or a ``postgresql://`` URL. Other ASE
+    formats (``.json``, ...) cannot hold concurrent writers and are refused."""
+    if not url.strip():
+        return "no database given (empty): give a SQLite file (data.db) or a postgresql:// URL"
+    if is_url(url):
+        if not url.startswith(("postgresql://", "postgres://")):
+            return f"{url.split('://')[0]}://…: only postgresql:// URLs are supported"
+        return None
+    if Path(url).suffix.lower() not in SQLITE_SUFFIXES:
+        return (
+            f"{url!r} is neither a SQLite file ({', '.join(SQLITE_SUFFIXES)}) nor "
+            "a postgresql:// URL"
+        )
+    return None
+
+
+def _check_sqlite_file(path: Path, create: bool) -> None:
+    """Raise :class:`InputError` unless ``path`` is a SQLite file, or (with ``create``) a
+    new one that can be made (its folder is created)."""
+    if path.is_dir():
+        raise InputError(f"{path} is a directory, not a database file")
+    if not path.exists():
+        if not create:
+            raise InputError(f"no such database: {path}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(f"{path}: cannot create its folder ({err.strerror})") from None
+        return
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err.strerror})") from None
+    if head != _SQLITE_MAGIC and (head or not create):  # an empty file: a new store
+        raise InputError(f"{path}: not a SQLite database")
+
+
 class DatasetStore:
     """Rows of structures and labels in an ASE database at ``url``.
 
-    ``url`` is a SQLite file path (its folder is created) or a ``postgresql://`` URL.
+    ``url`` is a SQLite file path (see :data:`SQLITE_SUFFIXES`) or a ``postgresql://``
+    URL. With ``create`` (writers), a missing SQLite file is created, and its folder;
+    without (readers), a missing file is an :class:`InputError`, so a mistyped path never
+    yields an empty store. An existing file must be a SQLite database.
     """
 
-    def __init__(self, url: str | Path) -> None:
+    def __init__(self, url: str | Path, create: bool = True) -> None:
         self.url = str(url)
+        problem = database_problem(self.url)
+        if problem:
+            raise InputError(problem)
         if not is_url(self.url):
-            Path(self.url).parent.mkdir(parents=True, exist_ok=True)
+            _check_sqlite_file(Path(self.url), create)
         try:
             # serial: every MPI rank talks to the database itself; no lock file, which a
             # killed process would leave behind (SQLite and PostgreSQL lock on their own)
             if self.url.startswith(("postgresql://", "postgres://")):
                 self.db = _PostgreSQLDatabase(self.url, serial=True, use_lock_file=False)
             else:
-                self.db = ase.db.connect(self.url, serial=True, use_lock_file=False)
+                self.db = ase.db.connect(self.url, type="db", serial=True, use_lock_file=False)
             self.db.count()
         except psycopg2.Error as err:  # libpq's message, on one line
             reason = " ".join(str(err).split()) or type(err).__name__
@@ -399,6 +450,10 @@ class DatasetStore:
         never deadlock), with their contents read after the lock (a missing id is left
         out). Writes through ``self.db`` inside go into this transaction."""
         ids = sorted(set(row_ids))
+        if self.db.connection is not None:  # left by a transaction Ctrl-C or SIGTERM broke
+            with contextlib.suppress(Exception):  # off inside ASE's own enter or exit
+                self.db.connection.close()
+            self.db.connection = None
         with self.db:
             con = self.db.connection
             if isinstance(self.db, _PostgreSQLDatabase):

@@ -1,10 +1,12 @@
 """Physical validity of a configuration against a reference molecule.
 
 Shared by MD exploration and generator proposals: atoms must not come closer than a
-floor, and the covalent bond graph (ASE's covalent radii, scaled) must equal the
-reference's, so no bond broke or formed. :class:`ValidityFilter` adds, for chiral
-molecules, a stereo check: an E(3)-equivariant generator can propose the mirror image,
-or invert one stereo centre, without changing distances or bonds.
+floor, the structure must stay in one piece (as
+:func:`sapis.structures.check_structure` demands of anything labelled), and the covalent
+bond graph (ASE's covalent radii, scaled) must equal the reference's, so no bond broke
+or formed. :class:`ValidityFilter` adds, for chiral molecules, a stereo check: an
+E(3)-equivariant generator can propose the mirror image, or invert one stereo centre,
+without changing distances or bonds.
 
 Stereo centres are non-planar atoms with four or more bonded neighbours, plus
 three-coordinate atoms beyond the second period (P, S, ...). Three-coordinate C, N, O
@@ -25,6 +27,8 @@ from ase import Atoms
 from ase.geometry import find_mic
 from ase.neighborlist import natural_cutoffs, neighbor_list
 from networkx.algorithms.isomorphism import GraphMatcher, categorical_node_match
+
+from sapis.structures import apart
 
 #: Two atoms are bonded when closer than this factor times the sum of covalent radii.
 BOND_FACTOR = 1.3
@@ -73,6 +77,8 @@ def _physical_check(
                 if pairs
             ]
             return "bonds", "bond graph changed: " + "; ".join(parts)
+    if (reason := apart(atoms)) is not None:  # labelling would refuse it (check_structure)
+        return "apart", reason
     return None
 
 
@@ -274,7 +280,8 @@ class ValidityFilter:
 
     def check(self, atoms: Atoms) -> tuple[str, str] | None:
         """(kind, reason) of the first failed check, or None. Kinds: "non-finite",
-        "overlap", "bonds", "mirror", "stereo"."""
+        "overlap", "apart" (parts farther apart than labelling accepts), "bonds",
+        "mirror", "stereo"."""
         failed = _physical_check(atoms, self.bonds, self.min_dist, self.factor)
         if failed is not None or not self.chiral:
             return failed

@@ -117,8 +117,10 @@ class Ensemble:
         """K, the number of members."""
         return len(self.models)
 
-    def check(self, images: Sequence[Atoms]) -> None:
-        """Refuse structures with elements the models were not trained on."""
+    def check(self, images: Sequence[Atoms], lone_atoms: bool = True) -> None:
+        """Refuse structures with elements the models were not trained on; with
+        ``lone_atoms`` False also those with an atom that has no neighbour within
+        ``r_max`` (the models see it alone, so their spread on it means nothing)."""
         known = set(self.type_names)
         for i, atoms in enumerate(images):
             unknown = set(atoms.get_chemical_symbols()) - known
@@ -127,6 +129,20 @@ class Ensemble:
                     f"structure {i} has elements {sorted(unknown)} the ensemble was not trained "
                     f"on (it knows {', '.join(self.type_names)})"
                 )
+            if not lone_atoms:
+                self._check_neighbours(atoms, f"structure {i}")
+
+    def _check_neighbours(self, atoms: Atoms, where: str) -> None:
+        from ase.neighborlist import neighbor_list
+
+        alone = np.setdiff1d(np.arange(len(atoms)), neighbor_list("i", atoms, self.r_max))
+        if len(alone):
+            k = int(alone[0])
+            raise InputError(
+                f"{where}: atom {k} ({atoms[k].symbol}) has no neighbour within the "
+                f"ensemble's cutoff r_max = {self.r_max} Å: the models see it alone, so "
+                "their prediction and uncertainty for it mean nothing"
+            )
 
     def graphs(self, images: Sequence[Atoms]) -> list[dict]:
         """nequip input dicts (types mapped, neighbour list built) for ``images``."""

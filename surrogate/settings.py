@@ -37,7 +37,7 @@ class TrainingConfig(Strict):
     force_weight: float = Field(10.0, ge=0.0)
     ema_decay: float = Field(0.99, ge=0.0, lt=1.0)
     bootstrap: bool = True
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # what every random generator accepts
     isolated_atom_energies: dict[str, float] | None = None
 
     @field_validator("size")
@@ -73,7 +73,7 @@ class ExploreConfig(Strict):
     min_distance: float = Field(0.7, gt=0.0)
     check_bonds: bool = True
     bias: float = Field(0.0, ge=0.0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # what every random generator accepts
 
     @field_validator("temperatures")
     @classmethod

@@ -5,13 +5,16 @@ argument answer without importing torch, PySCF or Prefect.
 """
 
 import sys
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 
 from sapis.config import redact, validate
+from sapis.errors import InputError
 
 
 class _Command(typer.Typer):
@@ -50,10 +53,23 @@ Settings = TypeVar("Settings", bound=BaseModel)
 
 
 def fail(err: Exception) -> typer.Exit:
-    """Print ``err`` as a one-line error (passwords of URLs in it hidden); the exit to
-    raise (status 2)."""
-    err_console.print(f"[bold red]error:[/] {redact(str(err))}", highlight=False)
+    """Print ``err`` as a one-line error (its lines joined with "; ", taken literally,
+    never as markup, passwords of URLs in it hidden); the exit to raise (status 2)."""
+    lines = [" ".join(line.split()) for line in redact(str(err)).splitlines()]
+    err_console.print(
+        f"[bold red]error:[/] {escape('; '.join(x for x in lines if x))}", highlight=False
+    )
     return typer.Exit(code=2)
+
+
+def check_output(path: Path, what: str = "output file") -> None:
+    """Raise :class:`InputError` unless ``path`` can be written as a new or replaced file:
+    its folder must exist (a mistyped path never grows a tree of folders), and it must not
+    be a folder itself."""
+    if path.is_dir():
+        raise InputError(f"{path} is a directory; give the {what}'s file name")
+    if not path.parent.is_dir():
+        raise InputError(f"{path.parent}: no such folder for the {what} (create it first)")
 
 
 def with_options(settings: Settings, source: str, **options) -> Settings:

@@ -15,7 +15,16 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from sapis.cli.app import DbOption, app, console, db_app, err_console, fail, read_checked
+from sapis.cli.app import (
+    DbOption,
+    app,
+    check_output,
+    console,
+    db_app,
+    err_console,
+    fail,
+    read_checked,
+)
 from sapis.errors import InputError
 
 
@@ -62,7 +71,7 @@ def label(
             raise InputError("no structures: give INPUT or system.structures in the config")
         images = read_checked(input, labeller.check)
         lease_seconds()  # a bad $SAPIS_CLAIM_LEASE is refused before anything is stored
-        database = db or config.database
+        database = config.database if db is None else db
         store = DatasetStore(database)
         other = store.levels() - {labeller.level}
         if other:  # allowed (a structure may carry several levels), but never silent
@@ -188,7 +197,9 @@ def db_stats(
     from sapis.store import DatasetStore
 
     try:
-        store = DatasetStore(db)
+        if plot is not None:
+            check_output(plot, "plot")
+        store = DatasetStore(db, create=False)
         if level is not None:
             store.pick_level(level)
         rows = store.summary_rows()  # read once, for the table and the plot
@@ -250,10 +261,12 @@ def db_export(
 ) -> None:
     """Write labelled rows of one level (energy in eV, forces in eV/Å, each frame's
     'level' kept) to an extended XYZ file."""
-    from sapis.store import DatasetStore
+    from sapis.store import DatasetStore, check_split
 
     try:
-        store = DatasetStore(db)
+        check_output(out)
+        check_split(split)
+        store = DatasetStore(db, create=False)
         level = store.pick_level(level)
         n = store.export(out, split=split, level=level)
     except InputError as err:

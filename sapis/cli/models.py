@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from sapis.cli.app import DbOption, app, console, fail, with_options
+from sapis.cli.app import DbOption, app, check_output, console, fail, read_checked, with_options
 from sapis.errors import InputError
 
 
@@ -67,6 +67,8 @@ def train(
             raise InputError(f"{out} already holds an ensemble; choose a new --out folder")
         if parent is not None and parent.resolve() == out.resolve():
             raise InputError("--from and --out must be different folders")
+        if parent is not None:
+            EnsembleManifest.read(parent)  # an InputError unless it holds an ensemble
         train_set, val_set = _training_data(db, level)
         parsl_config = None
         if parsl:
@@ -118,7 +120,7 @@ def _training_data(db: str, level: str | None) -> tuple[list, list]:
     """The store's labelled train and val splits, at one level of theory."""
     from sapis.store import DatasetStore
 
-    store = DatasetStore(db)
+    store = DatasetStore(db, create=False)
     levels = store.levels()
     if level is None and len(levels) > 1:
         raise InputError(
@@ -172,15 +174,18 @@ def predict(
     import ase.io
     import numpy as np
 
-    from sapis.io import read_structures
+    from sapis.structures import check_structure
     from sapis.surrogate.ensemble import Ensemble
 
     try:
+        if batch_size < 1:
+            raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+        check_output(out)
         if out.exists() and out.resolve() == input.resolve():
             raise InputError("OUT must differ from INPUT")
-        images = read_structures(input)
+        images = read_checked(input, check_structure)
         ensemble = Ensemble.load(model)
-        ensemble.check(images)
+        ensemble.check(images, lone_atoms=False)
     except InputError as err:
         raise fail(err) from None
     pred = ensemble.predict(images, batch_size=batch_size)
@@ -229,7 +234,7 @@ def train_generator_command(
             max_minutes=max_minutes,
             prior_weight=prior_weight,
         )
-        frames = DatasetStore(db).structures()
+        frames = DatasetStore(db, create=False).structures()
         reference, positions, skipped = molecule_frames(frames)
     except InputError as err:
         raise fail(err) from None
@@ -297,6 +302,7 @@ def generate(
     from sapis.validity import ValidityFilter
 
     try:
+        check_output(out)
         gen = Generator.load(model)
         steer = None
         if guide is not None:

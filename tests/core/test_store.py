@@ -299,3 +299,31 @@ def test_drivers_opening_a_new_store_at_once_all_get_it(db_url, tmp_path):
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, outs
     assert DatasetStore(db_url).count() == 4
+
+
+def test_a_reader_never_creates_a_store_and_only_sqlite_or_postgresql_is_one(tmp_path):
+    with pytest.raises(InputError, match=r"no such database: .*typo\.db"):
+        DatasetStore(tmp_path / "deep" / "typo.db", create=False)
+    assert not (tmp_path / "deep").exists()
+    writer = DatasetStore(tmp_path / "deep" / "new.sqlite3")  # a writer creates it
+    writer.add([molecule("H2O")])
+    assert DatasetStore(tmp_path / "deep" / "new.sqlite3", create=False).count() == 1
+    for name, message in [
+        ("", "no database given"),
+        ("y.json", "neither a SQLite file"),
+        ("data", "neither a SQLite file"),
+        ("mysql://u:p@h/x", "only postgresql:// URLs"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            DatasetStore(name if "://" in name or not name else tmp_path / name)
+    (tmp_path / "text.db").write_text("hello\n")
+    with pytest.raises(InputError, match=r"text\.db: not a SQLite database"):
+        DatasetStore(tmp_path / "text.db")
+    assert (tmp_path / "text.db").read_text() == "hello\n"
+    (tmp_path / "folder.db").mkdir()
+    with pytest.raises(InputError, match=r"folder\.db is a directory"):
+        DatasetStore(tmp_path / "folder.db")
+    (tmp_path / "empty.db").touch()  # an empty file is a new store to a writer only
+    with pytest.raises(InputError, match="not a SQLite database"):
+        DatasetStore(tmp_path / "empty.db", create=False)
+    assert DatasetStore(tmp_path / "empty.db").count() == 0

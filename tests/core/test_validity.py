@@ -217,3 +217,20 @@ def test_small_achiral_molecules_pass_with_their_mirror(name):
     check = ValidityFilter.from_reference(mol)
     assert not check.chiral
     assert check.is_valid(mirror(mol)) and check.is_valid(moved(mol))
+
+
+def test_a_dimer_drifting_apart_is_invalid_before_it_reaches_labelling():
+    """The bond graph of a water dimer has no bond between the molecules, so only the
+    labelling check's one-piece rule would catch them drifting apart: the filter (and
+    exploration's invalid_reason) apply it first, so no such frame is ever selected."""
+    from sapis.validity import invalid_reason
+
+    a, b = molecule("H2O"), molecule("H2O")
+    b.translate([0, 0, 3.0])
+    close = a + b
+    check = ValidityFilter.from_reference(close)
+    assert check.is_valid(close) and invalid_reason(close) is None
+    far = close.copy()
+    far.positions[3:] += [0, 0, 4.0]
+    assert check.check(far)[0] == "apart"
+    assert "falls apart: atoms [3, 4, 5] (H2O) are 6.4 Å" in invalid_reason(far)
