@@ -149,3 +149,17 @@ def test_a_worker_pool_that_lost_its_interchange_stops_by_itself(tmp_path):
         proc.kill()
         proc.wait()
         tree.kill_left()
+
+
+def test_claims_are_given_back_after_an_interrupt_broke_off_a_transaction(tmp_path):
+    """Ctrl-C or SIGTERM can land inside ASE's own transaction enter or exit (after its
+    commit, before it lets the connection go): giving the claims back must still work."""
+    from sapis.claims import Owner
+
+    store = DatasetStore(tmp_path / "data.db")
+    store.add(jiggled("H2O", 2))
+    owner = Owner("run-interrupted")
+    assert store.claim([1, 2], owner).claimed == [1, 2]
+    store.db.__enter__()  # a transaction whose exit never ran
+    assert sorted(store.release(owner)) == [1, 2]
+    assert store.count(status="pending") == 2

@@ -117,8 +117,9 @@ def test_serve_starts_its_server_on_the_host_it_is_told_and_stops_it(tmp_path):
         assert names == {"campaign-campaign", "campaign-round"}
         tree.scan()
         assert tree.has("prefect", "server", "start") and tree.has("sapis.processes")
-        proc.send_signal(signal.SIGTERM)  # Prefect's runner: a graceful stop, status 0
-        assert proc.wait(timeout=120) == 0
+        proc.send_signal(signal.SIGTERM)
+        # a graceful stop: status 0 from Prefect's runner once it runs, 143 before
+        assert proc.wait(timeout=120) in (0, 143) and "Traceback" not in err.read_text()
         assert not tree.wait_until_at_most(0), tree.alive()
         assert not _listening(port)
     finally:
