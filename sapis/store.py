@@ -38,6 +38,7 @@ import psycopg2
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.db.row import AtomsRow, atoms2dict
+from ase.db.sqlite import SQLite3Database
 from ase_db_backends.postgresql import Connection as PostgresConnection
 from ase_db_backends.postgresql import PostgreSQLDatabase
 from pydantic import Field, model_validator
@@ -183,6 +184,23 @@ class _PostgreSQLDatabase(PostgreSQLDatabase):
         return int(cur.fetchone()[0])
 
 
+class _SQLiteDatabase(SQLite3Database):
+    """ASE's SQLite database, whose tables a new file gets in one transaction: two
+    processes opening a new store at once no longer both create them (one failed with
+    "table systems already exists", or read a half-made schema). The first holds SQLite's
+    exclusive lock while it creates them; the others wait for it and find them."""
+
+    def _initialize(self, con) -> None:
+        if self.initialized:
+            return
+        fresh = con.execute("SELECT COUNT(*) FROM sqlite_master WHERE name='systems'")
+        if fresh.fetchone()[0] == 0:
+            con.execute("BEGIN EXCLUSIVE")  # waits (up to ASE's 20 s) for another creator
+        super()._initialize(con)
+        if con.in_transaction:  # another process had made them: nothing to commit
+            con.commit()
+
+
 #: File name endings of a SQLite store.
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -250,7 +268,8 @@ class DatasetStore:
             if self.url.startswith(("postgresql://", "postgres://")):
                 self.db = _PostgreSQLDatabase(self.url, serial=True, use_lock_file=False)
             else:
-                self.db = ase.db.connect(self.url, type="db", serial=True, use_lock_file=False)
+                path = os.path.abspath(self.url)
+                self.db = _SQLiteDatabase(path, serial=True, use_lock_file=False)
             self.db.count()
         except psycopg2.Error as err:  # libpq's message, on one line
             reason = " ".join(str(err).split()) or type(err).__name__
