@@ -4,6 +4,7 @@ Verbs import what they need inside their function, so ``sapis --help`` and a bad
 argument answer without importing torch, PySCF or Prefect.
 """
 
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -14,23 +15,40 @@ from rich.console import Console
 from rich.markup import escape
 
 from sapis.config import redact, validate
-from sapis.errors import InputError
+from sapis.errors import InputError, no_space
+
+#: Folders and files the running verb writes to (see :func:`writes_to`).
+_WRITES: list[Path] = []
+
+
+def writes_to(*paths: str | Path | None) -> None:
+    """Say where the running verb writes (a campaign folder, a SQLite store), so that a
+    failure there for want of disk space ends in a clear error instead of a traceback."""
+    _WRITES.extend(Path(p) for p in paths if p and "://" not in str(p))
 
 
 class _Command(typer.Typer):
-    """The ``sapis`` command: SIGTERM unwinds like Ctrl-C (exit status 143), and no
-    process it started outlives it, even after SIGKILL (:mod:`sapis.processes`)."""
+    """The ``sapis`` command: SIGTERM unwinds like Ctrl-C (exit status 143), no process
+    it started outlives it, even after SIGKILL (:mod:`sapis.processes`), and a full disk
+    ends in one clear error (exit status 1)."""
 
     def __call__(self, *args, **kwargs):
         from sapis.processes import Terminated, guard_children, stop_on_sigterm
 
         guard_children()
+        logging.raiseExceptions = False  # a log file on a full disk must not add tracebacks
         try:
             with stop_on_sigterm():
                 return super().__call__(*args, **kwargs)
         except Terminated:
             err_console.print("stopped by SIGTERM", highlight=False)
             raise
+        except Exception as err:
+            message = no_space(err, _WRITES or [Path.cwd()])
+            if message is None:
+                raise
+            err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+            sys.exit(1)
 
 
 app = _Command(

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from sapis.cli.app import app, console, fail
+from sapis.cli.app import app, console, fail, writes_to
 from sapis.errors import InputError
 
 _SHORT = {
@@ -118,6 +118,7 @@ def campaign(
         raise fail(InputError(format_validation_error(err, "options"))) from None
     except InputError as err:
         raise fail(err) from None
+    writes_to(started.folder.root, started.config.database)
     with contextlib.ExitStack() as stack:
         _prefect_server(stack, started.folder.root)
         from sapis.flows.campaign import campaign as campaign_flow
@@ -153,6 +154,7 @@ def refinement_round(
             raise InputError(f"--temperature must be positive kelvin, got {temperature}")
     except InputError as err:
         raise fail(err) from None
+    writes_to(cf.root)
     with contextlib.ExitStack() as stack:
         _prefect_server(stack, cf.root)
         from sapis.flows.campaign import refinement_round as round_flow

@@ -24,6 +24,7 @@ from sapis.cli.app import (
     err_console,
     fail,
     read_checked,
+    writes_to,
 )
 from sapis.errors import InputError
 
@@ -73,6 +74,7 @@ def label(
         lease_seconds()  # a bad $SAPIS_CLAIM_LEASE is refused before anything is stored
         database = config.database if db is None else db
         store = DatasetStore(database)
+        writes_to(database)
         other = store.levels() - {labeller.level}
         if other:  # allowed (a structure may carry several levels), but never silent
             console.print(

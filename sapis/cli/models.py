@@ -6,7 +6,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from sapis.cli.app import DbOption, app, check_output, console, fail, read_checked, with_options
+from sapis.cli.app import (
+    DbOption,
+    app,
+    check_output,
+    console,
+    fail,
+    read_checked,
+    with_options,
+    writes_to,
+)
 from sapis.errors import InputError
 
 
@@ -65,6 +74,7 @@ def train(
         )
         if EnsembleManifest.exists(out):
             raise InputError(f"{out} already holds an ensemble; choose a new --out folder")
+        writes_to(out)
         if parent is not None and parent.resolve() == out.resolve():
             raise InputError("--from and --out must be different folders")
         if parent is not None:
