@@ -17,6 +17,10 @@ class InputError(ValueError):
     """Bad input (structure, file, configuration): raised before any expensive work."""
 
 
+class StoreUnavailable(RuntimeError):
+    """The dataset store's server went away mid-run and did not come back in time."""
+
+
 def _chain(err: BaseException) -> Iterable[BaseException]:
     seen: set[int] = set()
     while err is not None and id(err) not in seen:

@@ -14,6 +14,12 @@ names the level it waits for; rows stored without a level (older stores, or pend
 rows added with none) keep the bare hash and count as stored at every level until
 labelled. Readers pick a level; nothing mixes levels silently.
 
+A PostgreSQL server that goes away mid-run (a restart, a failover) is waited for: every
+store operation that loses its connection is retried on a new one for up to
+``SAPIS_DB_RECONNECT`` seconds (default 300), then :class:`~sapis.errors.StoreUnavailable`
+says so; operations are written to be repeated (claims, labels and new rows are
+idempotent), so nothing is lost or stored twice.
+
 A row being labelled is claimed (``running``, with an owner, a heartbeat and a lease that
 lapses; see :mod:`sapis.claims`): drivers sharing a store each claim the rows they label,
 skip the rows another live driver holds and take over lapsed claims, so no row is paid
@@ -21,6 +27,7 @@ for twice, and a label is stored only by its claim's owner.
 """
 
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
@@ -45,7 +52,7 @@ from pydantic import Field, model_validator
 
 from sapis.claims import CLAIM_KEYS, LEASE_SECONDS, Claim, Owner, run_of
 from sapis.config import Strict, is_url, redact
-from sapis.errors import InputError
+from sapis.errors import InputError, StoreUnavailable
 from sapis.io import carries_labels, label_problem
 from sapis.labels import LabelResult
 from sapis.structures import structure_hash
@@ -246,6 +253,53 @@ def _check_sqlite_file(path: Path, create: bool) -> None:
         raise InputError(f"{path}: not a SQLite database")
 
 
+#: Seconds a store waits for a PostgreSQL server that went away mid-run to come back.
+RECONNECT_ENV, RECONNECT_SECONDS = "SAPIS_DB_RECONNECT", 300.0
+_LOST = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+
+def reconnect_seconds() -> float:
+    """How long to wait for a lost PostgreSQL server (``$SAPIS_DB_RECONNECT``, seconds)."""
+    value = os.environ.get(RECONNECT_ENV)
+    try:
+        seconds = RECONNECT_SECONDS if value is None else float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise InputError(f"${RECONNECT_ENV} must be a number of seconds >= 0, got {value!r}")
+    return seconds
+
+
+def _reconnecting(method):
+    """``method`` retried on a new connection while a lost PostgreSQL server comes back
+    (up to :func:`reconnect_seconds`), then a :class:`StoreUnavailable`."""
+
+    @functools.wraps(method)
+    def retried(self: "DatasetStore", *args, **kwargs):
+        if not isinstance(self.db, _PostgreSQLDatabase):
+            return method(self, *args, **kwargs)
+        deadline, pause = None, 0.5
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except _LOST as err:
+                self._drop_connection()
+                reason = " ".join(str(err).split()) or type(err).__name__
+                if deadline is None:
+                    deadline = time.monotonic() + reconnect_seconds()
+                    log.warning("lost database %s (%s): reconnecting", self.safe_url, reason)
+                if time.monotonic() >= deadline:
+                    raise StoreUnavailable(
+                        f"database {self.safe_url} did not come back within "
+                        f"{reconnect_seconds():.0f} s (${RECONNECT_ENV}): {reason}. Nothing "
+                        "stored is lost: run the same command again once it is up"
+                    ) from None
+                time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
+                pause = min(2 * pause, 10.0)
+
+    return retried
+
+
 class DatasetStore:
     """Rows of structures and labels in an ASE database at ``url``.
 
@@ -281,6 +335,13 @@ class DatasetStore:
     def safe_url(self) -> str:
         """The store's address as shown to users and logs: without its password."""
         return redact(self.url)
+
+    def _drop_connection(self) -> None:
+        """Forget a connection a lost server broke (ASE would reuse it)."""
+        con, self.db.connection = self.db.connection, None
+        if con is not None:
+            with contextlib.suppress(Exception):
+                con.close()
 
     # --- writing -------------------------------------------------------------------------
 
@@ -716,3 +777,8 @@ class DatasetStore:
                 label_seconds=float(np.mean(secs)) if secs else None,
             )
         return out
+
+
+for _name, _method in list(vars(DatasetStore).items()):  # every public operation
+    if callable(_method) and not _name.startswith("_"):
+        setattr(DatasetStore, _name, _reconnecting(_method))

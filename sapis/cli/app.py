@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from sapis.config import redact, validate
-from sapis.errors import InputError, no_space
+from sapis.errors import InputError, StoreUnavailable, no_space
 
 #: Folders and files the running verb writes to (see :func:`writes_to`).
 _WRITES: list[Path] = []
@@ -30,7 +30,7 @@ def writes_to(*paths: str | Path | None) -> None:
 class _Command(typer.Typer):
     """The ``sapis`` command: SIGTERM unwinds like Ctrl-C (exit status 143), no process
     it started outlives it, even after SIGKILL (:mod:`sapis.processes`), and a full disk
-    ends in one clear error (exit status 1)."""
+    or a database server that did not come back ends in one clear error (exit status 1)."""
 
     def __call__(self, *args, **kwargs):
         from sapis.processes import Terminated, guard_children, stop_on_sigterm
@@ -43,6 +43,9 @@ class _Command(typer.Typer):
         except Terminated:
             err_console.print("stopped by SIGTERM", highlight=False)
             raise
+        except StoreUnavailable as err:
+            err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+            sys.exit(1)
         except Exception as err:
             message = no_space(err, _WRITES or [Path.cwd()])
             if message is None:

@@ -2,7 +2,10 @@
 again if it was not running before."""
 
 import re
+import shutil
+import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -83,3 +86,51 @@ def start_postgres(timeout: float = 60) -> PostgresServer:
         int(port),
     )
     return PostgresServer(version, cluster, int(port), started_here)
+
+
+@dataclass
+class PrivatePostgres:
+    """A PostgreSQL server of a test's own (its data folder, a free port), which the test
+    may stop and start at will without disturbing the machine's cluster."""
+
+    bin: str
+    data: str
+    port: int
+
+    def url(self, database: str = "sapis") -> str:
+        return f"postgresql://{ROLE}@127.0.0.1:{self.port}/{database}"
+
+    def _ctl(self, *args: str) -> None:
+        _run("runuser", "-u", "postgres", "--", f"{self.bin}/pg_ctl", "-D", self.data, *args)
+
+    def start(self) -> None:
+        self._ctl("-w", "-l", f"{self.data}/server.log", "-o", f"-p {self.port} -k {self.data}",
+                  "start")  # fmt: skip
+
+    def stop(self) -> None:
+        self._ctl("-w", "-m", "fast", "stop")
+
+    def remove(self) -> None:
+        _run("runuser", "-u", "postgres", "--", f"{self.bin}/pg_ctl", "-D", self.data, "-m",
+             "immediate", "stop", check=False)  # fmt: skip
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
+def private_postgres() -> PrivatePostgres:
+    """Initialise and start a private server (trust authentication on 127.0.0.1 only)
+    with the test role and an empty database ``sapis``; call ``remove()`` when done."""
+    version = re.search(r"\d+", _run("pg_config", "--version").stdout).group()
+    bin_dir = f"/usr/lib/postgresql/{version}/bin"
+    data = tempfile.mkdtemp(prefix="sapis-pg-")
+    shutil.chown(data, "postgres", "postgres")
+    _run("runuser", "-u", "postgres", "--", f"{bin_dir}/initdb", "-D", data, "-A", "trust",
+         "-U", "postgres")  # fmt: skip
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = PrivatePostgres(bin_dir, data, port)
+    server.start()
+    psql = ["runuser", "-u", "postgres", "--", "psql", "-h", data, "-p", str(port), "-qc"]
+    _run(*psql, f"CREATE ROLE {ROLE} LOGIN CREATEDB")
+    _run(*psql, f"CREATE DATABASE sapis OWNER {ROLE}")
+    return server
