@@ -16,7 +16,8 @@ clocks and sends SIGKILL to the campaign's process group at that moment, checks 
 store, and starts the campaign again.
 
 Checked after every kill: each label stored before it is still there with the same
-energy and run id (nothing lost, nothing labelled again). At the end: the store (rows,
+energy and run id; and, from the batch's audit file (``SAPIS_LABEL_AUDIT``), no label
+stored by then was computed again later. At the end: the store (rows,
 levels, splits, rounds, energies) and the report's round table (without its times)
 equal the uninterrupted run's, and each round selected the same structures (hashes).
 """
@@ -40,6 +41,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SAPIS = Path(sys.executable).parent / "sapis"
+AUDIT_ENV = "SAPIS_LABEL_AUDIT"  # sapis.dft.batch.AUDIT_ENV (not imported: --help stays quick)
 STAGES = ("select", "explore", "label", "train", "evaluate", "scaling", "report")
 ORDER = {  # the order a round meets its stages
     0: ("select", "label", "train", "evaluate", "scaling", "report"),
@@ -237,16 +239,23 @@ def plan_kills(durations: dict[str, float], kills: int, rng: random.Random) -> l
 
 
 def labels(db: Path) -> dict[str, tuple]:
-    """unique_id -> (energy, run) of every labelled row."""
+    """unique_id -> (row id, energy, run) of every labelled row."""
     from sapis.store import DatasetStore
 
     if not db.exists():
         return {}
     store = DatasetStore(db)
     return {
-        r.unique_id: (float(r.energy), r.get("run"))
+        r.unique_id: (r.id, float(r.energy), r.get("run"))
         for r in store.db.select(status="labelled", include_data=False)
     }
+
+
+def computed(audit: Path) -> list[int]:
+    """Row ids of every label computation so far, in order (the batch's audit file)."""
+    if not audit.is_file():
+        return []
+    return [int(line.split()[0]) for line in audit.read_text().splitlines() if line.strip()]
 
 
 def store_view(db: Path) -> dict[str, tuple]:
@@ -309,6 +318,7 @@ def soak(
     problems: list[str] = []
     with prefect_server(workdir / "prefect") as api:
         env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        env.pop(AUDIT_ENV, None)
         base_config = write_campaign(workdir / "uninterrupted", rounds, probes, short)
         base = watch(base_config, env, workdir / "uninterrupted.log")
         if base.exit_code != 0:
@@ -318,12 +328,16 @@ def soak(
         config = write_campaign(workdir / "soak", rounds, probes, short)
         db = config.parent / "campaign" / "data.db"
         log = workdir / "soak.log"
+        audit = workdir / "computed.txt"  # each label computation appends its row id
+        env = {**env, AUDIT_ENV: str(audit)}
         runs: list[Run] = []
         stored: dict[str, tuple] = {}
+        checkpoints: list[tuple[int, set[int]]] = []  # (computations, labelled rows) at a kill
         while targets:
             run = watch(config, env, log, targets)
             runs.append(run)
             now = labels(db)
+            checkpoints.append((len(computed(audit)), {v[0] for v in now.values()}))
             lost = [k for k in stored if k not in now]
             changed = [k for k in stored if k in now and now[k] != stored[k]]
             problems += [f"kill {len(runs)}: label {k} lost" for k in lost]
@@ -341,6 +355,9 @@ def soak(
             problems.append(f"the final run failed with exit code {final.exit_code}")
         now = labels(db)
         problems += [f"final: label {k} lost or changed" for k in stored if now.get(k) != stored[k]]
+        rows = computed(audit)
+        again = sorted({row for n, done in checkpoints for row in rows[n:] if row in done})
+        problems += [f"row {row} labelled again after it was stored" for row in again]
 
     base_campaign, soak_campaign = base_config.parent / "campaign", config.parent / "campaign"
     problems += differences(store_view(base_campaign / "data.db"), store_view(db), "row")
@@ -361,6 +378,7 @@ def soak(
         "uninterrupted_seconds": base.seconds,
         "soak_seconds": round(sum(r.seconds for r in runs), 1),
         "labels": len(now),
+        "label_computations": len(rows),
         "rows": len(store_view(db)),
         "rounds": len(soak_rows),
         "test_force_mae_meV": soak_rows[-1]["test force MAE (meV/Å)"] if soak_rows else None,
@@ -414,9 +432,13 @@ def write_page(row: dict, path: Path) -> None:
         f"| kills by stage | {', '.join(f'{k} {v}' for k, v in row['kills_by_stage'].items())} |",
         f"| starts of `sapis campaign` | {row['starts']} |",
         f"| labels lost | {sum('lost' in p for p in row['problems'])} |",
-        f"| labels stored again or changed | {sum('changed' in p for p in row['problems'])} |",
+        f"| labels changed | {sum('changed' in p for p in row['problems'])} |",
+        f"| labels computed again after they were stored | "
+        f"{sum('labelled again' in p for p in row['problems'])} |",
         f"| differences from the uninterrupted run | {len(row['problems'])} |",
         f"| labelled rows at the end | {row['labels']} |",
+        f"| label computations (a label cut short by a kill is computed again) | "
+        f"{row['label_computations']} |",
         f"| attempts per round | {', '.join(f'{k}: {v}' for k, v in row['attempts'].items())} |",
         f"| wall time, uninterrupted | {row['uninterrupted_seconds']:.0f} s |",
         f"| wall time, soak (all starts) | {row['soak_seconds']:.0f} s |",

@@ -18,6 +18,7 @@ def test_kills_in_four_stages_of_a_round_change_nothing_in_the_result(tmp_path):
     assert out["kills"] >= 3 and len(out["kills_by_stage"]) >= 3, out["kills_at"]
     assert out["attempts"]["round 1"] == 1 + sum(k.startswith("round 1") for k in out["kills_at"])
     assert out["labels"] == out["rows"] > 0
+    assert out["label_computations"] >= out["labels"]  # the audit saw every label
 
 
 @pytest.mark.slow
