@@ -152,19 +152,25 @@ def refinement_round(
             raise InputError(f"--labels must be >= 0, got {labels}")
         if temperature and any(t <= 0 for t in temperature):
             raise InputError(f"--temperature must be positive kelvin, got {temperature}")
+        from sapis.campaign.campaign import Campaign
+
+        opened = Campaign.open(cf.root)  # its store reached, its inputs checked: before Prefect
     except InputError as err:
         raise fail(err) from None
-    writes_to(cf.root)
+    writes_to(cf.root, opened.config.database)
     with contextlib.ExitStack() as stack:
         _prefect_server(stack, cf.root)
         from sapis.flows.campaign import refinement_round as round_flow
         from sapis.flows.parameters import RoundOverrides, RoundParameters
+        from sapis.tasks.session import campaign_session
 
-        record = round_flow(
-            RoundParameters(
-                folder=str(cf.root), round=RoundOverrides(labels=labels, temperatures=temperature)
+        with campaign_session(opened):  # the flow run takes this session over
+            record = round_flow(
+                RoundParameters(
+                    folder=str(cf.root),
+                    round=RoundOverrides(labels=labels, temperatures=temperature),
+                )
             )
-        )
     _print_rounds(cf)
     console.print(f"round {record.round} done; report: {cf.root / 'report.md'}")
 

@@ -146,3 +146,23 @@ def test_connections_give_up_after_a_short_timeout(postgres_server, monkeypatch)
         assert DatasetStore(url).db._connect().con.get_dsn_parameters()["connect_timeout"] == "4"
     finally:
         postgres_server.drop_database(url)
+
+
+def test_sapis_round_on_an_unreachable_server_stops_before_prefect_starts(tmp_path):
+    from sapis.campaign.folder import CONFIG_NAME
+    from sapis.campaign.rounds import RoundRecord
+
+    url = f"postgresql://{ROLE}:{SECRET}@127.0.0.1:1/x"  # nothing listens on port 1
+    config = yaml.safe_load(campaign_file(tmp_path, url).read_text())
+    folder = tmp_path / "camp"
+    (folder / "round-000").mkdir(parents=True)
+    (folder / CONFIG_NAME).write_text(yaml.safe_dump(config | {"folder": str(folder)}))
+    RoundRecord(round=0).save(folder / "round-000" / "round.json")  # as if pretrained
+    home = tmp_path / "prefect"
+    home.mkdir()
+    out = sapis("round", str(folder), home=home)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert out.stderr.startswith("error: cannot reach database postgresql://sapis_test:***@")
+    assert SECRET not in out.stdout + out.stderr and "Traceback" not in out.stderr
+    assert not list(home.iterdir())  # no Prefect server was started
+    assert sorted(p.name for p in folder.iterdir()) == [CONFIG_NAME, "round-000"]
