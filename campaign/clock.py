@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from sapis.background import every
 from sapis.io import write_text_atomically
 
 
@@ -40,26 +41,21 @@ class StageClock:
     def stage(self, name: str) -> Iterator[None]:
         """Add the wall time of the block to stage ``name``, saving it as it runs."""
         base, started = self.seconds.get(name, 0.0), time.perf_counter()
-        done = threading.Event()
 
         def elapsed() -> None:
             with self._lock:
                 self.seconds[name] = round(base + time.perf_counter() - started, 2)
 
         def tick() -> None:
-            while not done.wait(self.flush_seconds):
-                elapsed()
-                self._save()
+            elapsed()
+            self._save()
 
         self.stage_name = name
         self._save()
-        ticker = threading.Thread(target=tick, name=f"clock-{name}", daemon=True)
-        ticker.start()
         try:
-            yield
+            with every(self.flush_seconds, tick, f"clock-{name}"):
+                yield
         finally:
-            done.set()
-            ticker.join()
             elapsed()
             self.stage_name = None
             self._save()

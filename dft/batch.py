@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import socket
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -31,6 +30,7 @@ from ase import Atoms
 from parsl import python_app
 from parsl.dataflow.dflow import DataFlowKernel
 
+from sapis.background import every
 from sapis.claims import Owner, lease_seconds
 from sapis.dft.executors import ExecutorConfig, parsl_config
 from sapis.dft.protocol import Labeller
@@ -234,25 +234,16 @@ def _give_back(store: DatasetStore, owner: Owner, summary: BatchSummary) -> None
         log.warning("%s: %d claimed rows given back unlabelled", summary.run, len(left))
 
 
-@contextlib.contextmanager
-def _heartbeat(url: str, owner: Owner, lease: float) -> Iterator[None]:
+def _heartbeat(url: str, owner: Owner, lease: float):
     """Renew ``owner``'s claims every third of ``lease`` in a thread (with a connection
     of its own) while the block runs."""
-    stop = threading.Event()
+    stores: list[DatasetStore] = []
 
     def beat() -> None:
-        store = None
-        while not stop.wait(lease / 3):
-            try:
-                store = store or DatasetStore(url)
-                store.renew(owner, lease)
-            except Exception as err:  # the next beat tries again; the lease is long
-                log.warning("%s: could not renew its claims: %s", owner.run, err)
+        try:
+            stores[:] = stores or [DatasetStore(url)]
+            stores[0].renew(owner, lease)
+        except Exception as err:  # the next beat tries again; the lease is long
+            log.warning("%s: could not renew its claims: %s", owner.run, err)
 
-    thread = threading.Thread(target=beat, name=f"heartbeat-{owner.run}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+    return every(lease / 3, beat, f"heartbeat-{owner.run}")

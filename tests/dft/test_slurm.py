@@ -18,17 +18,22 @@ from sapis.store import DatasetStore
 pytestmark = pytest.mark.services
 
 
-def test_slurm_profile_labels_molecules_in_a_batch_job(slurm_cluster, tmp_path, cheap):
-    store = DatasetStore(tmp_path / "data.db")
-    store.add(jiggled("H2O", 2) + jiggled("NH3", 1))
-    executor = ExecutorConfig(
+def slurm_executor(cluster, tmp_path) -> ExecutorConfig:
+    """Blocks of one node on the test cluster, two labels at once, one retry."""
+    return ExecutorConfig(
         profile="slurm",
-        queue=slurm_cluster.partition,
+        queue=cluster.partition,
         workers=2,
         walltime="00:10:00",
         retries=1,
         run_dir=tmp_path / "runinfo",
     )
+
+
+def test_slurm_profile_labels_molecules_in_a_batch_job(slurm_cluster, tmp_path, cheap):
+    store = DatasetStore(tmp_path / "data.db")
+    store.add(jiggled("H2O", 2) + jiggled("NH3", 1))
+    executor = slurm_executor(slurm_cluster, tmp_path)
     summary = label_pending(store, PySCFLabeller(cheap), executor)
     assert summary.labelled == 3 and not summary.errors
     rows = list(store.db.select())
@@ -56,14 +61,7 @@ def test_a_cancelled_block_is_replaced_and_each_row_labelled_once(
     audit = tmp_path / "audit.log"
     monkeypatch.setenv(AUDIT_ENV, str(audit))  # sbatch hands the environment to the job
     labeller = PySCFLabeller(DFTSettings(basis="sto-3g", density_fit=False))
-    executor = ExecutorConfig(
-        profile="slurm",
-        queue=slurm_cluster.partition,
-        workers=2,
-        walltime="00:10:00",
-        retries=1,
-        run_dir=tmp_path / "runinfo",
-    )
+    executor = slurm_executor(slurm_cluster, tmp_path)
     config = parsl_config(executor, labeller.cores, executor.run_dir)
     htex = config.executors[0]
     htex.heartbeat_threshold = 15  # its lost block's tasks fail (and are retried) in 15 s, not 120
