@@ -278,7 +278,7 @@ def _reconnecting(method):
     def retried(self: "DatasetStore", *args, **kwargs):
         if not isinstance(self.db, _PostgreSQLDatabase):
             return method(self, *args, **kwargs)
-        deadline, pause = None, 0.5
+        deadline, patience, pause = None, 0.0, 0.5
         while True:
             try:
                 return method(self, *args, **kwargs)
@@ -286,12 +286,13 @@ def _reconnecting(method):
                 self._drop_connection()
                 reason = " ".join(str(err).split()) or type(err).__name__
                 if deadline is None:
-                    deadline = time.monotonic() + reconnect_seconds()
+                    patience = reconnect_seconds()
+                    deadline = time.monotonic() + patience
                     log.warning("lost database %s (%s): reconnecting", self.safe_url, reason)
                 if time.monotonic() >= deadline:
                     raise StoreUnavailable(
                         f"database {self.safe_url} did not come back within "
-                        f"{reconnect_seconds():.0f} s (${RECONNECT_ENV}): {reason}. Nothing "
+                        f"{patience:.0f} s (${RECONNECT_ENV}): {reason}. Nothing "
                         "stored is lost: run the same command again once it is up"
                     ) from None
                 time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
@@ -530,10 +531,7 @@ class DatasetStore:
         never deadlock), with their contents read after the lock (a missing id is left
         out). Writes through ``self.db`` inside go into this transaction."""
         ids = sorted(set(row_ids))
-        if self.db.connection is not None:  # left by a transaction Ctrl-C or SIGTERM broke
-            with contextlib.suppress(Exception):  # off inside ASE's own enter or exit
-                self.db.connection.close()
-            self.db.connection = None
+        self._drop_connection()  # one a Ctrl-C or SIGTERM broke off inside ASE's enter or exit
         with self.db:
             con = self.db.connection
             if isinstance(self.db, _PostgreSQLDatabase):
@@ -597,31 +595,38 @@ class DatasetStore:
         """Extend every claim ``owner`` still holds to ``lease`` seconds from ``now``;
         returns their row ids (a claim taken over is no longer among them)."""
         now = time.time() if now is None else now
-        held = [r.id for r in self.db.select(owner=str(owner), include_data=False)]
-        renewed: list[int] = []
-        if not held:
-            return renewed
-        with self._locked(held) as rows:
-            for row in rows.values():
-                if row.get("status") == "running" and row.get("owner") == str(owner):
-                    self.db.update(row.id, heartbeat=now, lease_until=now + lease)
-                    renewed.append(row.id)
-        return renewed
+        with self._held_by(owner) as rows:
+            for row in rows:
+                self.db.update(row.id, heartbeat=now, lease_until=now + lease)
+        return [row.id for row in rows]
 
     def release(self, owner: Owner, row_ids: Iterable[int] | None = None) -> list[int]:
         """Give the claims of ``owner`` (on ``row_ids``, or all it holds) back: those rows
         are ``pending`` again. Returns their ids."""
+        with self._held_by(owner, row_ids) as rows:
+            for row in rows:
+                self.db.update(row.id, delete_keys=list(CLAIM_KEYS), status="pending")
+        return [row.id for row in rows]
+
+    @contextlib.contextmanager
+    def _held_by(
+        self, owner: Owner, row_ids: Iterable[int] | None = None
+    ) -> Iterator[list[AtomsRow]]:
+        """Locked (see :meth:`_locked`), the rows among ``row_ids`` (default: all that
+        name ``owner``) that ``owner`` still claims; none, and no transaction, if none
+        are asked for."""
         if row_ids is None:
             row_ids = [r.id for r in self.db.select(owner=str(owner), include_data=False)]
-        released: list[int] = []
+        row_ids = list(row_ids)
         if not row_ids:
-            return released
+            yield []
+            return
         with self._locked(row_ids) as rows:
-            for row in rows.values():
-                if row.get("status") == "running" and row.get("owner") == str(owner):
-                    self.db.update(row.id, delete_keys=list(CLAIM_KEYS), status="pending")
-                    released.append(row.id)
-        return released
+            yield [
+                row
+                for row in rows.values()
+                if row.get("status") == "running" and row.get("owner") == str(owner)
+            ]
 
     # --- reading -------------------------------------------------------------------------
 
