@@ -72,9 +72,12 @@ def _start_parent(*args: str) -> tuple[subprocess.Popen, Tree]:
     )
     assert proc.stdout.readline() == "ready\n"
     tree = Tree(proc.pid, mark)
-    for _ in range(100):  # a shell may not have started its sleep yet
+    processes, sleeps = len(args) * 2 + 3, len(args) + 2
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # a shell may not have forked and exec'd its sleep yet
         tree.scan()
-        if len(tree.alive()) == len(args) * 2 + 3:
+        alive = tree.alive().values()
+        if len(alive) == processes and sum(c == "sleep 600 " for c in alive) == sleeps:
             break
         time.sleep(0.1)
     return proc, tree

@@ -54,7 +54,8 @@ class Tree:
             grew = bool(kids)
         for pid, stat in table.items():
             if stat and stat[1] != "Z" and (pid in tree or _marked(pid, self.mark)):
-                self.seen.setdefault((pid, stat[2]), _cmdline(pid))
+                key = (pid, stat[2])  # its latest command: a fork shows its parent's until exec
+                self.seen[key] = _cmdline(pid) or self.seen.get(key, "")
 
     def commands(self) -> list[str]:
         return list(self.seen.values())
