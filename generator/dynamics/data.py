@@ -150,3 +150,120 @@ class Trajectories:
         except (OSError, ValueError) as err:
             raise InputError(f"{path}: cannot read it as a trajectory file ({err})") from None
         return cls(system=system, dt=dt, info=info, **arrays)
+
+
+def bond_matrix(atoms) -> np.ndarray:
+    """The symmetric 0/1 ``[N, N]`` bond graph of one frame (:func:`sapis.validity.bond_graph`)."""
+    from sapis.validity import bond_graph
+
+    out = np.zeros((len(atoms), len(atoms)))
+    for i, j in bond_graph(atoms):
+        out[i, j] = out[j, i] = 1.0
+    return out
+
+
+def from_frames(
+    frames: list, timestep_fs: float, system: str = "molecule", names: list[str] | None = None
+) -> Trajectories:
+    """MD of one molecule as :class:`Trajectories`: ``frames`` is one trajectory (a list
+    of ASE ``Atoms``) or several (a list of lists), ``timestep_fs`` the time between saved
+    frames in fs. Velocities come from the frames' momenta, the potential from each
+    frame's calculator energy, the couplings from the bond graph of each first frame;
+    trajectories of different lengths are cut to the shortest (``info["cut_to"]``).
+    ``names`` label the trajectories in errors (e.g. their files). Refuses mixed
+    molecules or atom orders, periodic cells, frames without velocities or energy, NaN."""
+    from ase import Atoms, units
+
+    if frames and isinstance(frames[0], Atoms):
+        frames = [frames]
+    names = names or [f"trajectory {k}" for k in range(len(frames))]
+    if not frames or not all(frames):
+        raise InputError("no frames to make trajectories of")
+    if not (np.isfinite(timestep_fs) and timestep_fs > 0):
+        raise InputError(f"the time between frames must be positive, got {timestep_fs} fs")
+    first = frames[0][0]
+    positions, velocities, potential, couplings = [], [], [], []
+    for name, images in zip(names, frames):
+        energies = []
+        for t, atoms in enumerate(images):
+            where = f"{name} frame {t}"
+            if atoms.numbers.tolist() != first.numbers.tolist():
+                raise InputError(
+                    f"{where} is {atoms.get_chemical_formula()} ({len(atoms)} atoms in its "
+                    f"order), not the {first.get_chemical_formula()} of {names[0]} frame 0: "
+                    "give one molecule, its atoms always in the same order"
+                )
+            if not np.allclose(atoms.get_masses(), first.get_masses()):
+                raise InputError(f"{where}: its masses differ from {names[0]} frame 0's")
+            if atoms.pbc.any():
+                raise InputError(f"{where} is periodic; dynamics are for molecules without a cell")
+            if not (np.isfinite(atoms.positions).all() and np.isfinite(atoms.get_momenta()).all()):
+                raise InputError(f"{where}: positions or velocities hold NaN or inf")
+            energies.append(_energy(atoms, where))
+        if not any(atoms.get_momenta().any() for atoms in images):
+            raise InputError(
+                f"{name} has no velocities (its frames carry no momenta): MD frames are needed"
+            )
+        graph = bond_matrix(images[0])
+        if couplings and not (graph == couplings[0]).all():
+            raise InputError(
+                f"{name} frame 0 has another bond graph than {names[0]} frame 0: "
+                "not the same molecule"
+            )
+        couplings.append(graph)
+        positions.append(np.array([a.positions for a in images]))
+        velocities.append(np.array([a.get_velocities() for a in images]))
+        potential.append(np.array(energies))
+    length = min(len(images) for images in frames)
+    return Trajectories(
+        system=system,
+        positions=np.array([x[:length] for x in positions]),
+        velocities=np.array([v[:length] for v in velocities]),
+        masses=first.get_masses(),
+        couplings=np.array(couplings),
+        numbers=first.numbers.copy(),
+        potential=np.array([u[:length] for u in potential]),
+        dt=timestep_fs * units.fs,
+        info={
+            "source": "frames",
+            "timestep_fs": timestep_fs,
+            "trajectories": list(names),
+            **({"cut_to": length} if any(len(f) > length for f in frames) else {}),
+        },
+    )
+
+
+def _energy(atoms, where: str) -> float:
+    """The potential energy a frame's calculator holds (eV), refused when absent or not finite."""
+    if atoms.calc is None:
+        raise InputError(f"{where} has no potential energy (no calculator results)")
+    try:
+        energy = float(atoms.get_potential_energy())
+    except Exception as err:  # a calculator without it: ASE's PropertyNotImplementedError …
+        raise InputError(f"{where} has no potential energy ({type(err).__name__})") from None
+    if not np.isfinite(energy):
+        raise InputError(f"{where}: its potential energy is not finite")
+    return energy
+
+
+def to_frames(traj: Trajectories, k: int) -> list:
+    """Trajectory ``k`` of a molecule's ``traj`` as ASE ``Atoms``: positions, velocities
+    (as momenta), ``info`` ``source="dynamics"``, ``frame`` and ``time_fs``. Particle
+    systems have no elements: refused (save them as ``.npz``)."""
+    from ase import Atoms, units
+    from ase.data import atomic_masses
+
+    if (traj.numbers == 0).any() or traj.dim != 3:
+        raise InputError(
+            f"{traj.system} trajectories are not of atoms; write them to an .npz file instead"
+        )
+    own_masses = not np.allclose(traj.masses, atomic_masses[traj.numbers])
+    images = []
+    for t in range(traj.shape[1]):
+        atoms = Atoms(traj.numbers, traj.positions[k, t])
+        if own_masses:
+            atoms.set_masses(traj.masses)
+        atoms.set_velocities(traj.velocities[k, t])
+        atoms.info.update(source="dynamics", frame=t, time_fs=t * traj.dt / units.fs)
+        images.append(atoms)
+    return images
