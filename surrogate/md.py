@@ -1,7 +1,8 @@
 """Exploration by Langevin MD on the ensemble-mean potential.
 
 Every sampled frame becomes a candidate carrying its provenance (``source=md``,
-temperature, step, parent hash) and the ensemble's uncertainty at that frame. A
+temperature, step, parent hash), its momenta (a rollout of the dynamics model goes on
+from them) and the ensemble's uncertainty at that frame. A
 trajectory ends early when the uncertainty passes the configured bound or the structure
 becomes unphysical (see :mod:`sapis.validity`).
 """
@@ -46,7 +47,13 @@ class Exploration:
 def _frame(
     atoms: Atoms, results: dict, temperature: float, step: int, parent: str, round_: int | None
 ) -> Atoms:
-    frame = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    frame = Atoms(
+        atoms.numbers,
+        atoms.positions,
+        momenta=atoms.get_momenta(),
+        cell=atoms.cell,
+        pbc=atoms.pbc,
+    )
     frame.info.update(
         source="md",
         temperature=float(temperature),

@@ -78,3 +78,28 @@ def test_unphysical_or_foreign_seeds_are_refused(tiny_ensemble):
         explore(ensemble, [bad], ExploreConfig(), progress=False)
     with pytest.raises(InputError, match="not trained"):
         explore(ensemble, [molecule("NH3")], ExploreConfig(), progress=False)
+
+
+def test_md_frames_keep_their_momenta_in_files_but_not_in_the_store(
+    tiny_ensemble, malonaldehyde, tmp_path
+):
+    from ase import units
+
+    from sapis.io import read_frames, write_frames
+    from sapis.store import DatasetStore
+
+    ensemble = Ensemble.load(tiny_ensemble)
+    settings = ExploreConfig(temperatures=[300.0], steps=6, sample_every=3, stop_force_dev=1e6)
+    frames = explore(ensemble, [malonaldehyde[0][0]], settings, progress=False).candidates
+    assert len(frames) == 2
+    for frame in frames:
+        # Langevin at 300 K from momenta without drift: thermal, no centre-of-mass motion
+        kinetic = frame.get_kinetic_energy() / (1.5 * len(frame) * units.kB)
+        assert 30 < kinetic < 1500
+        assert np.abs(frame.get_momenta().sum(0)).max() < 1e-8
+    back = read_frames(write_frames(tmp_path / "frames.extxyz", frames))
+    for frame, read in zip(frames, back):
+        np.testing.assert_allclose(read.get_momenta(), frame.get_momenta(), atol=1e-7)
+    store = DatasetStore(tmp_path / "data.db")
+    (row_id,) = store.add(back[:1], split="train").added
+    assert "momenta" not in store.db.get(id=row_id)  # a structure is stored without them
