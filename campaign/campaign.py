@@ -201,6 +201,49 @@ def check_inputs(config: CampaignConfig, labeller: Labeller, seeds: list[Atoms])
             )
     if pool is None and not config.pretrain.displaced and not config.pretrain.labelled:
         raise InputError("pretrain: give a labelled file or displaced > 0 to start from")
+    _check_dynamics(config, seeds, pool is not None)
+
+
+def _check_dynamics(config: CampaignConfig, seeds: list[Atoms], oracle: bool) -> None:
+    """With ``dynamics.share`` > 0: no oracle, and ``dynamics.model`` a dynamics model of
+    the seeds' molecule (atomic numbers in their order, bond graph) whose rollouts keep a
+    frame every ``dynamics.every``."""
+    settings = config.dynamics
+    if settings.share <= 0:
+        return
+    if oracle:
+        raise InputError(
+            "dynamics.share: an oracle labels only its own pool, not rollout frames; "
+            "set dynamics.share to 0 or drop the oracle"
+        )
+    from sapis.generator.dynamics.model import DynamicsModel
+    from sapis.validity import bond_graph
+
+    try:
+        model = DynamicsModel.load(settings.model)
+    except InputError as err:
+        raise InputError(f"dynamics.model: {err}") from None
+    molecule = Atoms(model.numbers)
+    couplings = np.triu(np.array(model.meta["couplings"]))
+    bonds = {(int(i), int(j)) for i, j in np.argwhere(couplings)}
+    for k, seed in enumerate(seeds):
+        if seed.numbers.tolist() != model.numbers.tolist():
+            raise InputError(
+                f"dynamics.model: {settings.model} models {molecule.get_chemical_formula()} "
+                f"with atoms {model.numbers.tolist()}, but seed structure {k} is "
+                f"{seed.get_chemical_formula()} with atoms {seed.numbers.tolist()}"
+            )
+        if set(bond_graph(seed)) != bonds:
+            raise InputError(
+                f"dynamics.model: {settings.model} was trained on another bond graph than "
+                f"seed structure {k}'s ({sorted(bonds)} against {sorted(bond_graph(seed))})"
+            )
+    generated = settings.windows * model.config.frames
+    if settings.every > generated:
+        raise InputError(
+            f"dynamics.every: {settings.every} is more than the {generated} frames a rollout "
+            f"makes ({settings.windows} windows of {model.config.frames}); lower it"
+        )
 
 
 def _check_cheap(config: CampaignConfig, labeller: Labeller, seeds: list, oracle: bool) -> None:

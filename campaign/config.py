@@ -9,8 +9,9 @@ Example::
 
 Relative paths are resolved against the folder of the YAML file. Any unknown or wrong
 field is an :class:`~sapis.errors.InputError` naming it, raised before anything starts.
-The sections ``dft``, ``executor``, ``training``, ``explore``, ``generator``, ``scaling``
-and ``split`` belong to the libraries that read them; the rest are the campaign's own.
+The sections ``dft``, ``executor``, ``training``, ``explore``, ``generator``, ``dynamics``,
+``scaling`` and ``split`` belong to the libraries that read them; the rest are the
+campaign's own.
 """
 
 import os
@@ -23,6 +24,7 @@ from sapis.config import Strict, is_url, read_yaml, resolve, validate
 from sapis.dft.executors import ExecutorConfig, run_dir_problem
 from sapis.dft.settings import DFTSettings
 from sapis.errors import InputError
+from sapis.generator.dynamics.settings import DynamicsSourceConfig
 from sapis.generator.settings import GeneratorConfig
 from sapis.scaling.settings import ScalingConfig
 from sapis.store import SplitConfig, database_problem
@@ -182,6 +184,7 @@ class CampaignConfig(Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     explore: ExploreConfig = Field(default_factory=ExploreConfig)
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    dynamics: DynamicsSourceConfig = Field(default_factory=DynamicsSourceConfig)
     database: str
     split: SplitConfig = Field(default_factory=SplitConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
@@ -245,6 +248,7 @@ def parse_config(data: dict, base: Path = Path("."), source: str = "config") -> 
     config.oracle = resolve(config.oracle, base)
     config.test_file = resolve(config.test_file, base)
     config.pretrain.labelled = resolve(config.pretrain.labelled, base)
+    config.dynamics.model = resolve(config.dynamics.model, base)
     if config.folder is None:
         db = Path(config.database)
         config.folder = base / "campaign" if is_url(config.database) else db.parent

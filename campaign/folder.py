@@ -10,6 +10,8 @@ The campaign's state is its store plus this folder::
     FOLDER/round-001/generator/        the generator, trained further this round
     FOLDER/round-001/generated.extxyz  the generator's valid samples with their uncertainty
     FOLDER/round-001/generated.json    what the generator did
+    FOLDER/round-001/dynamics.extxyz   the dynamics model's valid rollout frames, scored
+    FOLDER/round-001/dynamics.json     what the rollouts did
     FOLDER/round-001/selected.extxyz   what was chosen for labelling (stored as pending)
     FOLDER/round-001/ensemble/         the ensemble fine-tuned on the grown data
     FOLDER/round-001/clock.json        seconds per stage over every attempt, the stage running
@@ -63,6 +65,9 @@ class CampaignFolder:
 
     def generated_path(self, r: int) -> Path:
         return self.round_dir(r) / "generated.extxyz"
+
+    def dynamics_path(self, r: int) -> Path:
+        return self.round_dir(r) / "dynamics.extxyz"
 
     def selected_path(self, r: int) -> Path:
         return self.round_dir(r) / "selected.extxyz"

@@ -1,10 +1,10 @@
 """The active-learning loop as Prefect flows: ``pretrain``, ``refinement_round`` and
 ``campaign``, which read like the loop of DESIGN.md::
 
-    pretrain ensemble ──► explore (surrogate MD) + generator proposals ──► select ──►
-    label ──► fine-tune ──► evaluate ──► scaling decision ──► record ─┐
-        ▲                                                              │
-        └───────────────────── until a stop rule holds ◄───────────────┘
+    pretrain ensemble ──► explore (surrogate MD) + generator proposals + dynamics rollouts
+    ──► select ──► label ──► fine-tune ──► evaluate ──► scaling decision ──► record ─┐
+        ▲                                                                            │
+        └───────────────────────── until a stop rule holds ◄─────────────────────────┘
 
 Each flow opens its campaign once (or shares the enclosing flow run's), so rerunning a
 killed flow continues the round and stage it was in.
@@ -87,9 +87,10 @@ def pretrain(folder: str) -> RoundRecord:
 
 
 def run_round(session: Session, overrides: RoundOverrides) -> RoundRecord:
-    """One refinement round: explore with the surrogate, add the generator's proposals,
-    select, (approve,) label, fine-tune, evaluate, and let the scaling laws decide what
-    the next round buys. The label budget and model size follow the previous decision."""
+    """One refinement round: explore with the surrogate, add the generator's proposals
+    and the dynamics model's rollouts from the MD frames, select, (approve,) label,
+    fine-tune, evaluate, and let the scaling laws decide what the next round buys. The
+    label budget and model size follow the previous decision."""
     campaign = session.campaign
     r = campaign.folder.next_round()
     if r == 0:
@@ -108,12 +109,14 @@ def run_round(session: Session, overrides: RoundOverrides) -> RoundRecord:
     with clock.stage("explore"):
         md, explored = stages.explore_with_surrogate(session, parent, r, overrides.temperatures)
         generated, proposed = stages.propose_with_generator(session, parent, r, md)
-    for summary in (explored, proposed):  # proposed / valid per source
+        rolled, rollouts = stages.propose_with_dynamics(session, parent, r, md)
+    for summary in (explored, proposed, rollouts):  # proposed / valid per source
         for source, counts in summary.get("by_source", {}).items():
             print(f"round {r}: {source} {counts}")
     with clock.stage("select"):
-        sel = stages.select_for_labelling(session, md + generated, r, plan.labels, parent)
-    record.add_selection(sel, explored, proposed)
+        candidates = md + generated + rolled
+        sel = stages.select_for_labelling(session, candidates, r, plan.labels, parent)
+    record.add_selection(sel, explored, proposed, rollouts)
     print(
         f"round {r}: {sel.accurate} accurate, {sel.candidate} candidate, {sel.failed} failed; "
         f"{len(sel.chosen)} selected"

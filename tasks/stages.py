@@ -18,6 +18,7 @@ from sapis.campaign.evaluation import evaluate, evaluate_round
 from sapis.campaign.exploration import explore_round
 from sapis.campaign.generation import generate_round
 from sapis.campaign.pretraining import store_pretraining_data
+from sapis.campaign.rollouts import dynamics_round
 from sapis.campaign.round_selection import select_round
 from sapis.campaign.rounds import RoundRecord
 from sapis.campaign.scaling import scaling_step
@@ -75,6 +76,15 @@ def propose_with_generator(
 ) -> tuple[list[Atoms], dict]:
     """The diffusion generator's valid proposals, scored by ``ensemble`` (none when off)."""
     return generate_round(session.campaign, ensemble, round_, md_frames)
+
+
+@task(name="roll-out", cache_policy=NONE)
+def propose_with_dynamics(
+    session: Session, ensemble: Path, round_: int, md_frames: list[Atoms]
+) -> tuple[list[Atoms], dict]:
+    """The dynamics model's valid rollout frames from ``md_frames``, scored by ``ensemble``
+    (none when off)."""
+    return dynamics_round(session.campaign, ensemble, round_, md_frames)
 
 
 @task(name="select", cache_policy=NONE)

@@ -1,8 +1,10 @@
-"""Settings of a dynamics model: its window, network, training budget, sampling and priors."""
+"""Settings of a dynamics model (its window, network, training budget, sampling and
+priors) and of the ``dynamics:`` section that makes one a campaign's source."""
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sapis.config import Strict
 
@@ -51,3 +53,29 @@ class DynamicsConfig(Strict):
         if self.energy != "none":
             names.append(f"energy-{self.energy}")
         return names
+
+
+class DynamicsSourceConfig(Strict):
+    """The ``dynamics:`` section: a trained dynamics model as a source of a campaign's
+    candidates, next to surrogate MD and the configuration generator.
+
+    ``model`` is a dynamics model folder (``sapis train-dynamics``) of the campaign's
+    molecule. Each round it continues a seeded random subset of the round's MD frames
+    (their velocities, or Maxwell–Boltzmann ones at their temperature) for ``windows``
+    chained windows and keeps every ``every``-th generated frame, so that rollout frames
+    are ``share`` of the round's proposals (0 turns it off). The kept frames are checked
+    like the generator's (validity, hash) and scored by the ensemble; the selection
+    judges them like any other candidate.
+    """
+
+    model: Path | None = None
+    share: float = Field(0.0, ge=0.0, lt=1.0)
+    windows: int = Field(1, ge=1, le=1000)
+    every: int = Field(1, ge=1)
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # what every random generator accepts
+
+    @model_validator(mode="after")
+    def _model_when_on(self) -> "DynamicsSourceConfig":
+        if self.share > 0 and self.model is None:
+            raise ValueError("share > 0 needs model: a dynamics model folder")
+        return self
