@@ -186,3 +186,32 @@ def test_a_model_that_does_not_fit_the_campaign_is_refused_before_anything_runs(
         Campaign.start(path)
     assert message.format(model=model, missing=tmp_path / "missing") in str(err.value)
     assert not (tmp_path / "campaign").exists()  # no folder, no database
+
+
+def test_a_campaign_flow_round_adds_rollout_frames_to_its_candidates(tmp_path, dynamics_model):
+    from prefect.testing.utilities import prefect_test_harness
+
+    from sapis.campaign.folder import CampaignFolder
+    from sapis.flows.campaign import campaign
+    from sapis.flows.parameters import CampaignParameters
+
+    seeds = read_rmd17(DATA / "rmd17_malonaldehyde_train_01.npz")[:2]
+    path = write_config(
+        tmp_path,
+        dynamics_model,
+        seeds,
+        pretrain={"displaced": 6},
+        split={"val": 0.25, "test": 0.25},
+        dynamics={"share": 0.5},
+        stop={"max_rounds": 1},
+        scaling={"enabled": False},
+    )
+    with prefect_test_harness(server_startup_timeout=120):
+        campaign(CampaignParameters(config=str(path)))
+    folder = CampaignFolder(tmp_path / "campaign")
+    record = folder.records()[1]
+    md, rolled = record.by_source["md"], record.by_source["dynamics"]
+    assert 0 < rolled["proposed"] <= md["valid"]  # share 0.5: one per MD frame at most
+    assert 0 < rolled["valid"] == len(ase.io.read(folder.dynamics_path(1), ":"))
+    assert record.explored == md["valid"] + rolled["valid"]
+    assert record.selected == 6 and "explore" in record.seconds
