@@ -59,6 +59,7 @@ class DynamicsDiffusion(nn.Module):
             "pair_offset", torch.as_tensor(scales["pair_offset"], dtype=torch.float64)
         )
         self.potential_terms = potential_terms
+        self.limit = scales.get("clip")
 
     @property
     def frames(self) -> int:
@@ -139,6 +140,17 @@ class DynamicsDiffusion(nn.Module):
     def tweedie(self, z: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         ab = alpha_bar(t)[:, None, None, None].to(z.dtype)
         return (z - torch.sqrt(1 - ab) * eps) / torch.sqrt(ab)
+
+    def clip(self, z: torch.Tensor) -> torch.Tensor:
+        """ẑ0 with every particle's vector shortened to at most ``clip`` (twice the
+        longest residual in the training data), so that a poor estimate at high noise
+        cannot run away over the sampling steps; rotation-equivariant (it scales whole
+        vectors), and re-projected under ``momentum: project``."""
+        if self.limit is None:
+            return z
+        norm = torch.sqrt((z**2).sum(-1, keepdim=True) + 1e-30)
+        z = z * torch.clamp(self.limit / norm, max=1.0)
+        return self.project(z) if self.config.momentum == "project" else z
 
     def noise(self, shape: tuple, generator: torch.Generator | None, dtype) -> torch.Tensor:
         z = torch.randn(shape, generator=generator, dtype=dtype)
@@ -269,7 +281,7 @@ class DynamicsDiffusion(nn.Module):
             t, s = times[k], times[k + 1]
             tt = t.expand(len(x0))
             ex, ev, _ = self.eps(zx, zv, tt, x0, v0, couplings)
-            hx, hv = self.tweedie(zx, tt, ex), self.tweedie(zv, tt, ev)
+            hx, hv = self.clip(self.tweedie(zx, tt, ex)), self.clip(self.tweedie(zv, tt, ev))
             if k == steps - 1:
                 zx, zv = hx, hv
                 break

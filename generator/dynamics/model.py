@@ -54,6 +54,18 @@ def observe_scales(windows: Trajectories, potential_terms) -> dict:
     else:
         offset = np.full(len(pair_index(n)[0]), windows.potential.mean() / len(pair_index(n)[0]))
     energy = float(windows.potential.std()) or float(windows.kinetic().std()) or 1.0
+    # the longest residual vector seen, in residual units: samples are kept within 2×
+    longest = max(
+        float((np.linalg.norm(x[:, k] - x[:, 0], axis=-1) / (length * sx[k - 1])).max())
+        for k in range(1, x.shape[1])
+    )
+    longest = max(
+        longest,
+        *(
+            float((np.linalg.norm(v[:, k] - v[:, 0], axis=-1) / (speed * sv[k - 1])).max())
+            for k in range(1, x.shape[1])
+        ),
+    )
     return {
         "length": length,
         "speed": speed,
@@ -61,6 +73,7 @@ def observe_scales(windows: Trajectories, potential_terms) -> dict:
         "sv": sv,
         "energy": energy,
         "pair_offset": offset.tolist(),
+        "clip": 2.0 * longest,
     }
 
 
