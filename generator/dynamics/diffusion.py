@@ -148,6 +148,9 @@ class DynamicsDiffusion(nn.Module):
         vectors), and re-projected under ``momentum: project``."""
         if self.limit is None:
             return z
+        # an overflowing network output (inf, or NaN from inf − inf) would turn the
+        # limit's scaling into NaN: such components fall back to the limit and zero
+        z = torch.nan_to_num(z, nan=0.0, posinf=self.limit, neginf=-self.limit)
         norm = torch.sqrt((z**2).sum(-1, keepdim=True) + 1e-30)
         z = z * torch.clamp(self.limit / norm, max=1.0)
         return self.project(z) if self.config.momentum == "project" else z
