@@ -20,6 +20,7 @@ from sapis.generator.diffusion import Diffusion, Guide
 from sapis.generator.egnn import ScoreNetwork
 from sapis.generator.priors import PairRanges
 from sapis.generator.settings import GeneratorConfig
+from sapis.generator.weights import average_of, averaged, save_weights, update_average
 from sapis.io import write_text_atomically
 from sapis.validity import bond_graph
 
@@ -64,7 +65,7 @@ class Generator:
     def __init__(self, diffusion: Diffusion, meta: dict) -> None:
         self.diffusion = diffusion
         self.meta = meta
-        self.ema = {k: v.detach().clone() for k, v in diffusion.net.state_dict().items()}
+        self.ema = average_of(diffusion.net)
 
     @classmethod
     def new(cls, reference: Atoms, positions: np.ndarray, config: GeneratorConfig) -> "Generator":
@@ -136,20 +137,13 @@ class Generator:
         self.diffusion.ranges = ranges
 
     def update_ema(self, decay: float) -> None:
-        with torch.no_grad():
-            for k, v in self.diffusion.net.state_dict().items():
-                if v.dtype.is_floating_point:
-                    self.ema[k].mul_(decay).add_(v, alpha=1 - decay)
-                else:
-                    self.ema[k].copy_(v)
+        update_average(self.diffusion.net, self.ema, decay)
 
     def save(self, folder: str | Path) -> Path:
         """Write weights and metadata atomically into ``folder``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / (WEIGHTS + ".tmp")
-        torch.save({"weights": self.diffusion.net.state_dict(), "ema": self.ema}, tmp)
-        tmp.replace(folder / WEIGHTS)
+        save_weights(folder / WEIGHTS, self.diffusion.net, self.ema)
         write_text_atomically(folder / META, json.dumps(self.meta, indent=1))
         return folder
 
@@ -168,9 +162,7 @@ class Generator:
     def sample_positions(self, n: int, seed: int = 0, guide: Guide | None = None) -> np.ndarray:
         """``n`` coordinate sets ``[n, atoms, 3]`` in Å from the averaged weights."""
         config = self.config
-        trained = {k: v.clone() for k, v in self.diffusion.net.state_dict().items()}
-        self.diffusion.net.load_state_dict(self.ema)
-        try:
+        with averaged(self.diffusion.net, self.ema):
             return self.diffusion.sample(
                 n,
                 steps=config.steps,
@@ -180,8 +172,6 @@ class Generator:
                 guide_from=config.guide_from,
                 feasibility_steps=config.feasibility_steps,
             )
-        finally:
-            self.diffusion.net.load_state_dict(trained)
 
     def sample(
         self, n: int, seed: int = 0, guide: Guide | None = None, round_: int | None = None

@@ -235,12 +235,9 @@ def from_frames(
 
 def _energy(atoms, where: str) -> float:
     """The potential energy a frame's calculator holds (eV), refused when absent or not finite."""
-    if atoms.calc is None:
+    if atoms.calc is None or "energy" not in atoms.calc.results:
         raise InputError(f"{where} has no potential energy (no calculator results)")
-    try:
-        energy = float(atoms.get_potential_energy())
-    except Exception as err:  # a calculator without it: ASE's PropertyNotImplementedError …
-        raise InputError(f"{where} has no potential energy ({type(err).__name__})") from None
+    energy = float(atoms.calc.results["energy"])
     if not np.isfinite(energy):
         raise InputError(f"{where}: its potential energy is not finite")
     return energy

@@ -19,6 +19,7 @@ from sapis.generator.dynamics.network import DynamicsNetwork
 from sapis.generator.dynamics.priors import pair_index
 from sapis.generator.dynamics.settings import DynamicsConfig
 from sapis.generator.dynamics.systems import SYSTEMS
+from sapis.generator.weights import average_of, averaged, save_weights, update_average
 from sapis.io import write_text_atomically
 
 WEIGHTS, META = "dynamics.pt", "dynamics.json"
@@ -83,7 +84,7 @@ class DynamicsModel:
     def __init__(self, meta: dict) -> None:
         self.meta = meta
         self.diffusion = self._diffusion(meta)
-        self.ema = {k: v.detach().clone() for k, v in self.diffusion.net.state_dict().items()}
+        self.ema = average_of(self.diffusion.net)
 
     @classmethod
     def new(cls, train: Trajectories, config: DynamicsConfig) -> "DynamicsModel":
@@ -189,20 +190,13 @@ class DynamicsModel:
             )
 
     def update_ema(self, decay: float) -> None:
-        with torch.no_grad():
-            for k, v in self.diffusion.net.state_dict().items():
-                if v.dtype.is_floating_point:
-                    self.ema[k].mul_(decay).add_(v, alpha=1 - decay)
-                else:
-                    self.ema[k].copy_(v)
+        update_average(self.diffusion.net, self.ema, decay)
 
     def save(self, folder: str | Path) -> Path:
         """Write weights and metadata atomically into ``folder``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / (WEIGHTS + ".tmp")
-        torch.save({"weights": self.diffusion.net.state_dict(), "ema": self.ema}, tmp)
-        tmp.replace(folder / WEIGHTS)
+        save_weights(folder / WEIGHTS, self.diffusion.net, self.ema)
         write_text_atomically(folder / META, json.dumps(self.meta, indent=1))
         return folder
 
@@ -228,7 +222,6 @@ class DynamicsModel:
         couplings: np.ndarray | None = None,
         seed: int = 0,
         batch_size: int = 256,
-        averaged: bool = True,
     ) -> Trajectories:
         """The next ``frames`` frames after each start frame ``x0``/``v0`` [S, N, D]
         (``couplings`` [S, N, N]: the molecule's own when omitted), as windows of
@@ -240,12 +233,9 @@ class DynamicsModel:
         couplings = np.array(couplings, dtype=float)
         self.check_start(x0, v0, couplings)
         rng = torch.Generator().manual_seed(seed)
-        trained = {k: v.clone() for k, v in self.diffusion.net.state_dict().items()}
-        if averaged:
-            self.diffusion.net.load_state_dict(self.ema)
-        self.diffusion.net.eval()
         xs, vs = [], []
-        try:
+        with averaged(self.diffusion.net, self.ema) as net:
+            net.eval()
             for a in range(0, len(x0), batch_size):
                 x, v = self.diffusion.sample(
                     torch.as_tensor(x0[a : a + batch_size]),
@@ -256,8 +246,6 @@ class DynamicsModel:
                 )
                 xs.append(x.numpy())
                 vs.append(v.numpy())
-        finally:
-            self.diffusion.net.load_state_dict(trained)
         return self._trajectories(np.concatenate(xs), np.concatenate(vs), couplings, seed)
 
     def rollout(

@@ -13,6 +13,7 @@ from sapis.errors import InputError
 from sapis.generator.dynamics.data import Trajectories
 from sapis.generator.dynamics.model import META, DynamicsModel
 from sapis.generator.dynamics.settings import DynamicsConfig
+from sapis.generator.weights import averaged
 
 
 @dataclass
@@ -53,15 +54,12 @@ def evaluate(
     x, v, c, u = (a.float() for a in window_batch(windows, pick))
     diffusion = model.diffusion
     own = diffusion.config
-    trained = {k: w.clone() for k, w in diffusion.net.state_dict().items()}
-    diffusion.net.load_state_dict(model.ema)
     if measure is not None:  # the same noise draws: projection stays the model's own
         diffusion.config = measure.model_copy(update={"momentum": _measured(own, measure)})
     try:
-        with torch.no_grad():
+        with averaged(diffusion.net, model.ema), torch.no_grad():
             losses = diffusion.losses(x, v, c, u, torch.Generator().manual_seed(seed))
     finally:
-        diffusion.net.load_state_dict(trained)
         diffusion.config = own
     return {k: float(val) for k, val in losses.items()}
 
