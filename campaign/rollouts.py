@@ -61,53 +61,31 @@ def roll_out(
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Positions and velocities ``[T, N, 3]`` of each start's generated frames (the start
     left out), ``windows`` windows chained. A rollout ends early after a window whose last
-    frame is unphysical, or one the model could not sample (the start batch is retried
-    one by one then, and a start that fails alone ends with the frames it has)."""
+    frame is unphysical (the model's samples are always finite: it bounds x̂0)."""
     count = len(x0)
     xs: list[list[np.ndarray]] = [[] for _ in range(count)]
     vs: list[list[np.ndarray]] = [[] for _ in range(count)]
     alive = list(range(count))
     x, v = np.asarray(x0, dtype=float), np.asarray(v0, dtype=float)
     for k in range(windows):
-        ended, last_x, last_v = set(), {}, {}
-        for index, wx, wv in _windows(model, x, v, alive, seed + k):
-            if wx is None:
-                ended.add(index)
-                continue
+        w = model.sample(x, v, seed=seed + k)
+        still = []
+        for index, wx, wv in zip(alive, w.positions, w.velocities):
             xs[index].append(wx[1:])
             vs[index].append(wv[1:])
-            last_x[index], last_v[index] = wx[-1], wv[-1]
-            if check.check(Atoms(model.numbers, wx[-1])) is not None:
-                ended.add(index)
-        alive = [i for i in alive if i not in ended]
-        if not alive:
+            if check.check(Atoms(model.numbers, wx[-1])) is None:
+                still.append((index, wx[-1], wv[-1]))
+        if not still:
             break
-        x = np.array([last_x[i] for i in alive])
-        v = np.array([last_v[i] for i in alive])
+        alive = [i for i, _, _ in still]
+        x = np.array([p for _, p, _ in still])
+        v = np.array([q for _, _, q in still])
     n = len(model.numbers)
     empty = np.zeros((0, n, 3))
     return (
         [np.concatenate(p) if p else empty for p in xs],
         [np.concatenate(p) if p else empty for p in vs],
     )
-
-
-def _windows(model: DynamicsModel, x: np.ndarray, v: np.ndarray, alive: list[int], seed: int):
-    """(start index, window positions, window velocities) of one window from each alive
-    start; (index, None, None) for a start the model could not continue."""
-    try:
-        w = model.sample(x, v, seed=seed)
-        yield from zip(alive, w.positions, w.velocities)
-        return
-    except InputError:  # some sample diverged (NaN): find which, one at a time
-        pass
-    for j, index in enumerate(alive):
-        try:
-            w = model.sample(x[j : j + 1], v[j : j + 1], seed=seed + 7919 * (index + 1))
-        except InputError:
-            yield index, None, None
-            continue
-        yield index, w.positions[0], w.velocities[0]
 
 
 def dynamics_round(

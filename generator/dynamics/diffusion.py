@@ -59,7 +59,7 @@ class DynamicsDiffusion(nn.Module):
             "pair_offset", torch.as_tensor(scales["pair_offset"], dtype=torch.float64)
         )
         self.potential_terms = potential_terms
-        self.limit = scales.get("clip")
+        self.limit = float(scales["clip"])
 
     @property
     def frames(self) -> int:
@@ -146,8 +146,6 @@ class DynamicsDiffusion(nn.Module):
         longest residual in the training data), so that a poor estimate at high noise
         cannot run away over the sampling steps; rotation-equivariant (it scales whole
         vectors), and re-projected under ``momentum: project``."""
-        if self.limit is None:
-            return z
         # an overflowing network output (inf, or NaN from inf − inf) would turn the
         # limit's scaling into NaN: such components fall back to the limit and zero
         z = torch.nan_to_num(z, nan=0.0, posinf=self.limit, neginf=-self.limit)
