@@ -62,10 +62,26 @@ def molecule_frames(
 class Generator:
     """The diffusion model of one molecule with the metadata to save and sample it."""
 
+    kind = "diffusion"
+
     def __init__(self, diffusion: Diffusion, meta: dict) -> None:
         self.diffusion = diffusion
         self.meta = meta
         self.ema = average_of(diffusion.net)
+
+    @property
+    def net(self) -> torch.nn.Module:
+        """The trained network."""
+        return self.diffusion.net
+
+    def losses(self, batch: torch.Tensor, generator: torch.Generator) -> dict:
+        """Training losses on ``batch`` ``[frames, atoms, 3]`` (Å); ``loss`` is minimised."""
+        return self.diffusion.losses(batch, generator=generator)
+
+    def prepare(self, config: GeneratorConfig) -> None:
+        """Take ``config``'s training settings for a warm start."""
+        self.meta["config"] = config.model_dump()
+        self.diffusion.prior_weight = config.prior_weight
 
     @classmethod
     def new(cls, reference: Atoms, positions: np.ndarray, config: GeneratorConfig) -> "Generator":
@@ -73,6 +89,7 @@ class Generator:
         elements = sorted(set(int(z) for z in reference.numbers))
         bonds = sorted(bond_graph(reference))
         meta = {
+            "kind": cls.kind,
             "numbers": [int(z) for z in reference.numbers],
             "elements": elements,
             "bonds": [list(b) for b in bonds],
@@ -123,7 +140,8 @@ class Generator:
         """Whether this generator can be warm-started for ``reference`` and ``config``."""
         old = self.config
         return (
-            self.meta["numbers"] == [int(z) for z in reference.numbers]
+            config.kind == self.kind
+            and self.meta["numbers"] == [int(z) for z in reference.numbers]
             and self.bonds == sorted(bond_graph(reference))
             and (old.hidden, old.layers) == (config.hidden, config.layers)
         )

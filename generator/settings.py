@@ -1,12 +1,36 @@
 """Settings of the ``generator:`` section: the network, its training and its sampling."""
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from sapis.config import Strict
 
 
+class FlowConfig(Strict):
+    """The normalizing flow (``kind: flow``): ``blocks`` pairs of coupling layers, each with
+    an equivariant conditioner of ``layers`` message-passing steps and ``hidden`` features,
+    splines of ``bins`` bins; ``augment`` is η, the spread of the augmented coordinates
+    (in units of the molecule's size). ``energy_weight`` is λ (1/eV) of the physics
+    penalty λ·E(x) on ``energy_samples`` samples per step (0: none); ``density_draws``
+    importance samples estimate each log-density.
+    """
+
+    blocks: int = Field(4, ge=1)
+    hidden: int = Field(32, ge=4)
+    layers: int = Field(2, ge=1)
+    bins: int = Field(8, ge=2)
+    augment: float = Field(0.2, gt=0.0)
+    energy_weight: float = Field(0.0, ge=0.0)
+    energy_samples: int = Field(16, ge=1)
+    density_draws: int = Field(16, ge=1)
+
+
 class GeneratorConfig(Strict):
-    """The diffusion generator: its network, training budget and share of candidates.
+    """The generator: its kind, network, training budget and share of candidates.
+
+    ``kind`` is ``diffusion`` (the score model below) or ``flow`` (the normalizing flow of
+    the ``flow:`` subsection, sampled in one pass, with an exact joint density).
 
     ``share`` is the fraction of each round's candidates the generator proposes (the
     rest come from MD; 0 turns it off), but at least ``min_samples`` (MD may stop early
@@ -22,6 +46,7 @@ class GeneratorConfig(Strict):
     prior at sampling time; 0: none).
     """
 
+    kind: Literal["diffusion", "flow"] = "diffusion"
     share: float = Field(0.0, ge=0.0, lt=1.0)
     min_samples: int = Field(100, ge=0)
     train_steps: int = Field(3000, ge=1)
@@ -37,3 +62,13 @@ class GeneratorConfig(Strict):
     guide_from: float = Field(0.3, gt=0.0, le=1.0)
     feasibility_steps: int = Field(3, ge=0)
     seed: int = Field(0, ge=0, le=2**32 - 1)  # what every random generator accepts
+    flow: FlowConfig = Field(default_factory=FlowConfig)
+
+    @model_validator(mode="after")
+    def _guidance_needs_diffusion(self) -> "GeneratorConfig":
+        if self.kind == "flow" and self.guidance > 0:
+            raise ValueError(
+                "generator.guidance steers the diffusion sampler; the flow samples in one "
+                "pass (set guidance to 0 or kind to diffusion)"
+            )
+        return self

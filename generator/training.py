@@ -12,7 +12,8 @@ import torch
 from ase import Atoms
 
 from sapis.errors import InputError
-from sapis.generator.model import META, Generator, molecule_frames
+from sapis.generator.kinds import KINDS, AnyGenerator, load_generator
+from sapis.generator.model import META, molecule_frames
 from sapis.generator.settings import GeneratorConfig
 
 
@@ -25,10 +26,13 @@ class GeneratorTraining:
     steps: int
     seconds: float
     loss: float
-    denoise: float
-    penalty: float  # w(t)·‖R(x̂0)‖² in Å², before λ
+    denoise: float  # diffusion: the denoising loss
+    penalty: float  # diffusion: w(t)·‖R(x̂0)‖² in Å², before λ
     warm_start: bool
     parameters: int
+    kind: str = "diffusion"
+    nll: float = float("nan")  # flow: −log q(x, a) + log π(a|x) per degree of freedom
+    energy: float = float("nan")  # flow: mean force-field energy of samples, eV
 
 
 def train_generator(
@@ -38,7 +42,7 @@ def train_generator(
     reference: Atoms | None = None,
     max_steps: int | None = None,
     progress: bool = False,
-) -> tuple[Generator, GeneratorTraining]:
+) -> tuple[AnyGenerator, GeneratorTraining]:
     """Train on ``images`` for ``max_steps`` (default ``config.train_steps``) optimiser
     steps, or until ``config.max_minutes`` if that comes first; save into ``out``.
 
@@ -56,19 +60,18 @@ def train_generator(
     torch.manual_seed(config.seed)  # the network's initial weights
     warm = False
     if (out / META).is_file():
-        gen = Generator.load(out)
+        gen = load_generator(out)
         if gen.matches(reference, config):
             warm = True
-            gen.meta["config"] = config.model_dump()
-            gen.diffusion.prior_weight = config.prior_weight
+            gen.prepare(config)
             gen.observe(positions)
     if not warm:
-        gen = Generator.new(reference, positions, config)
+        gen = KINDS[config.kind].new(reference, positions, config)
 
     torch.manual_seed(config.seed + len(gen.meta["trainings"]))
     rng = torch.Generator().manual_seed(config.seed + len(gen.meta["trainings"]))
     data = torch.as_tensor(positions, dtype=torch.float32)
-    net = gen.diffusion.net
+    net = gen.net
     net.train()
     optimiser = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
     max_steps = max_steps or config.train_steps
@@ -79,7 +82,7 @@ def train_generator(
         task = bar.add_task("generator", total=max_steps) if bar else None
         while steps < max_steps and time.perf_counter() - start < cap:
             batch = data[torch.randint(len(data), (config.batch_size,), generator=rng)]
-            losses = gen.diffusion.losses(batch, generator=rng)
+            losses = gen.losses(batch, rng)
             optimiser.zero_grad()
             losses["loss"].backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
@@ -99,6 +102,9 @@ def train_generator(
         loss=mean.get("loss", float("nan")),
         denoise=mean.get("denoise", float("nan")),
         penalty=mean.get("penalty", float("nan")),
+        nll=mean.get("nll", float("nan")),
+        energy=mean.get("energy", float("nan")),
+        kind=gen.kind,
         warm_start=warm,
         parameters=net.parameter_count(),
     )
