@@ -20,6 +20,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from sapis.campaign.selection import DENSITY_POLICIES
 from sapis.config import Strict, is_url, read_yaml, resolve, validate
 from sapis.dft.executors import ExecutorConfig, run_dir_problem
 from sapis.dft.settings import DFTSettings
@@ -55,6 +56,13 @@ class SelectionConfig(Strict):
     is as certain as the validation data), ``maxdet`` (the same features, greedy
     determinant), ``uncertainty`` (farthest-point from the most uncertain), ``top-k``,
     or ``random`` (all explored frames, the control arm).
+
+    ``density_weight`` β (0: off) weighs the ranking of ``top-k`` and ``uncertainty`` by
+    how representative a frame is: the score becomes uncertainty × w, with w =
+    exp(β·(ℓ − max ℓ)/(3N − 3)) and ℓ each candidate's log-density (per Å^(3N−3)) under
+    the round's normalizing flow, so it needs ``generator.kind: flow`` with
+    ``generator.share`` > 0 (the flow is trained each round; see
+    :mod:`sapis.campaign.selection`).
     """
 
     policy: Literal["uncertainty", "top-k", "lcmd", "maxdet", "random"] = "lcmd"
@@ -64,6 +72,7 @@ class SelectionConfig(Strict):
     lo_quantile: float = Field(0.9, ge=0.0, lt=1.0)
     hi_quantile: float = Field(0.99, gt=0.0, le=1.0)
     labels_per_round: int = Field(20, ge=1)
+    density_weight: float = Field(0.0, ge=0.0)
     seed: int = Field(0, ge=0, le=2**32 - 1)  # what every random generator accepts
 
     @model_validator(mode="after")
@@ -72,6 +81,12 @@ class SelectionConfig(Strict):
             self.window = "fixed"  # bounds given by hand mean a fixed window
         if self.lo >= self.hi:
             raise ValueError(f"trust window needs lo < hi, got lo={self.lo}, hi={self.hi}")
+        if self.density_weight > 0 and self.policy not in DENSITY_POLICIES:
+            raise ValueError(
+                f"density_weight multiplies the uncertainty ranking of the policies "
+                f"{' and '.join(DENSITY_POLICIES)}; policy {self.policy!r} does not rank by "
+                "uncertainty (set selection.policy to one of them, or density_weight to 0)"
+            )
         return self
 
 
@@ -203,6 +218,21 @@ class CampaignConfig(Strict):
         if problem:
             raise ValueError(problem)
         return database
+
+    @model_validator(mode="after")
+    def _density_needs_a_flow(self) -> "CampaignConfig":
+        """A density weight reads each candidate's density under the round's flow: the
+        campaign must train one (``generator.kind: flow``, ``generator.share`` > 0)."""
+        if self.selection.density_weight <= 0:
+            return self
+        if self.generator.kind != "flow" or self.generator.share <= 0:
+            raise ValueError(
+                f"selection.density_weight {self.selection.density_weight} needs each "
+                f"round's candidate densities from a trained flow, but generator.kind is "
+                f"{self.generator.kind!r} and generator.share {self.generator.share}; set "
+                "generator.kind: flow and generator.share > 0, or density_weight to 0"
+            )
+        return self
 
     @model_validator(mode="after")
     def _cores(self) -> "CampaignConfig":

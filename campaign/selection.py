@@ -20,6 +20,16 @@ leave them only the tail):
   posterior variance of a Bayesian linear model on the features, conditioned on the
   labelled data and the picks so far;
 - ``random``: uniformly from all explored frames, the control arm of a comparison.
+
+A density weight (``density_weight`` β > 0, with ``top-k`` and ``uncertainty``) turns
+the ranking score from the uncertainty u into u·w, where w = exp(β·(ℓ − max ℓ)/dof) is
+a per-degree-of-freedom density ratio in (0, 1]: ℓ is log q(x) per Å^(3N−3) under the
+round's normalizing flow (``atoms.info["log_density"]``), the maximum is over the
+frames given, dof = 3N − 3. Frames the flow finds unlikely (rare MD excursions, odd
+samples) then yield to equally uncertain frames that represent where the molecule is.
+``top-k`` takes the largest u·w; ``uncertainty`` starts its farthest-point sweep at the
+largest u·w and takes, each step, the largest distance × w (a representativeness-
+weighted farthest point: β = 0 is the plain sweep). The trust window still reads u.
 """
 
 from collections.abc import Sequence
@@ -38,6 +48,10 @@ ACCURATE, CANDIDATE, FAILED = "accurate", "candidate", "failed"
 POLICIES = ("uncertainty", "top-k", "lcmd", "maxdet", "random")
 #: Policies that need the ensemble's features of the frames and of the labelled data.
 FEATURE_POLICIES = ("lcmd", "maxdet")
+#: Policies whose ranking a density weight multiplies.
+DENSITY_POLICIES = ("uncertainty", "top-k")
+#: Where a frame carries log q(x) per Å^(3N−3) under the round's flow.
+LOG_DENSITY = "log_density"
 
 
 def classify(max_force_dev: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -62,17 +76,33 @@ def descriptor(atoms: Atoms) -> np.ndarray:
     return np.sort(np.linalg.eigvalsh(m))[::-1]
 
 
-def farthest_point(features: np.ndarray, k: int, first: int = 0) -> list[int]:
+def density_weights(log_density: np.ndarray, dof: np.ndarray | int, beta: float) -> np.ndarray:
+    """w = exp(β·(ℓ − max ℓ)/dof) of each log-density ℓ (per Å^dof): 1 for the most
+    likely frame, smaller for less likely ones; 0 where ℓ is not finite (or none is)."""
+    ell = np.asarray(log_density, dtype=float)
+    finite = np.isfinite(ell)
+    w = np.zeros(ell.shape)
+    if finite.any():
+        top = ell[finite].max()
+        w[finite] = np.exp(beta * (ell[finite] - top) / np.broadcast_to(dof, ell.shape)[finite])
+    return w
+
+
+def farthest_point(
+    features: np.ndarray, k: int, first: int = 0, weights: np.ndarray | None = None
+) -> list[int]:
     """Indices of ``k`` rows of ``features`` chosen greedily, each the farthest
-    (Euclidean) from those already chosen, starting at row ``first``."""
+    (Euclidean) from those already chosen, starting at row ``first``; with ``weights``,
+    each the largest distance × weight."""
     n = len(features)
     if k <= 0 or n == 0:
         return []
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
     chosen = [first]
     dist = np.linalg.norm(features - features[first], axis=1)
     while len(chosen) < min(k, n):
-        nxt = int(np.argmax(dist))
-        if dist[nxt] <= 0:  # only exact copies of chosen rows remain
+        nxt = int(np.argmax(dist * w))
+        if dist[nxt] * w[nxt] <= 0:  # only copies of chosen rows (or weight 0) remain
             break
         chosen.append(nxt)
         dist = np.minimum(dist, np.linalg.norm(features - features[nxt], axis=1))
@@ -165,6 +195,7 @@ class Selection:
     uncertainty_p95: float = float("nan")
     lo: float = float("nan")  # the trust window used (eV/Å)
     hi: float = float("nan")
+    density_weight: float = 0.0  # β of the density weight (0: none)
 
     @property
     def explored(self) -> int:
@@ -191,6 +222,7 @@ def select(
     key: str = UNCERTAINTY,
     features: np.ndarray | None = None,
     known: np.ndarray | None = None,
+    density_weight: float = 0.0,
 ) -> Selection:
     """Pick at most ``budget`` frames to label.
 
@@ -198,13 +230,34 @@ def select(
     structure hashes already in the dataset; those frames, and repeats within ``frames``,
     are never chosen. ``lcmd`` and ``maxdet`` need ``features`` (one row per frame) and
     ``known`` (the labelled data's rows), e.g. :meth:`Ensemble.predict` with
-    ``features=True``. The chosen frames get ``info["uncertainty"]`` and ``info["hash"]``.
+    ``features=True``. ``density_weight`` β > 0 (``top-k`` and ``uncertainty`` only)
+    weighs the ranking by each frame's density ratio w (see the module's notes), read
+    from ``info["log_density"]``. The chosen frames get ``info["uncertainty"]`` and
+    ``info["hash"]`` (and ``info["density_factor"]``, w, with a density weight).
     """
     if policy not in POLICIES:
         raise InputError(f"unknown selection policy {policy!r}; choose one of {POLICIES}")
     if budget < 0:
         raise InputError(f"label budget must be >= 0, got {budget}")
     frames = list(frames)
+    if density_weight < 0:
+        raise InputError(f"density weight must be >= 0, got {density_weight}")
+    weights = None
+    if density_weight > 0:
+        if policy not in DENSITY_POLICIES:
+            raise InputError(
+                f"a density weight ranks by uncertainty × density; policy {policy!r} "
+                f"does not rank by uncertainty (use one of {DENSITY_POLICIES})"
+            )
+        lacking = [i for i, a in enumerate(frames) if LOG_DENSITY not in a.info]
+        if lacking:
+            raise InputError(
+                f"frame {lacking[0]} has no {LOG_DENSITY!r} in info: a density weight "
+                "needs every frame's log-density under the round's flow"
+            )
+        ell = np.array([float(a.info[LOG_DENSITY]) for a in frames])
+        dof = np.array([3 * len(a) - 3 for a in frames])
+        weights = density_weights(ell, dof, density_weight)
     if policy in FEATURE_POLICIES:
         if features is None or known is None:
             raise InputError(f"policy {policy!r} needs the features of the frames and the data")
@@ -219,7 +272,7 @@ def select(
         raise InputError(f"frame {missing[0]} has no {key!r} in info: predict it first")
     u = np.array([float(a.info[key]) for a in frames])
     classes = classify(u, lo, hi)
-    sel = Selection(chosen=[], lo=lo, hi=hi)
+    sel = Selection(chosen=[], lo=lo, hi=hi, density_weight=float(density_weight))
     if len(u):
         sel.uncertainty_median, sel.uncertainty_p95 = map(float, np.percentile(u, [50, 95]))
     for c, a in zip(classes, frames):
@@ -246,24 +299,29 @@ def select(
         # choose from every frame the window does not reject; the others from the window
         keep = (CANDIDATE, ACCURATE) if policy in FEATURE_POLICIES else (CANDIDATE,)
         pool = [i for i in fresh if classes[i] in keep]
-        picked = [pool[j] for j in _pick(policy, pool, frames, u, budget, features, known)]
+        w = None if weights is None else weights[pool]
+        picked = [pool[j] for j in _pick(policy, pool, frames, u, budget, features, known, w)]
     for i in picked:
         frames[i].info["uncertainty"] = float(u[i])
+        if weights is not None:
+            frames[i].info["density_factor"] = float(weights[i])
         counts = sel.by_source[str(frames[i].info.get("source", "?"))]
         counts["selected"] = counts.get("selected", 0) + 1
     sel.chosen = [frames[i] for i in picked]
     return sel
 
 
-def _pick(policy, pool, frames, u, budget, features, known) -> list[int]:
-    """Positions in ``pool`` (indices of in-window frames) that ``policy`` picks."""
+def _pick(policy, pool, frames, u, budget, features, known, weights=None) -> list[int]:
+    """Positions in ``pool`` (indices of in-window frames) that ``policy`` picks;
+    ``weights`` (one per pool frame) multiply the ranking of ``top-k`` and ``uncertainty``."""
     if not pool or budget == 0:
         return []
+    score = u[pool] if weights is None else u[pool] * weights
     if policy == "top-k":
-        return list(np.argsort(-u[pool], kind="stable")[:budget])
+        return list(np.argsort(-score, kind="stable")[:budget])
     if policy == "uncertainty":
         feats = np.array([descriptor(frames[i]) for i in pool])
         feats = (feats - feats.mean(axis=0)) / (feats.std(axis=0) + 1e-12)
-        return farthest_point(feats, budget, int(np.argmax(u[pool])))
+        return farthest_point(feats, budget, int(np.argmax(score)), weights)
     candidates, data = standardise(np.asarray(features)[pool], np.asarray(known))
     return (lcmd if policy == "lcmd" else max_det)(candidates, data, budget)

@@ -72,3 +72,34 @@ def test_defaults_that_depend_on_other_fields_are_filled_once(tmp_path):
     config = load_config(write(tmp_path, "database: postgresql://h/db\nfolder: camp\n"))
     assert config.folder == tmp_path / "camp"
     assert config.executor.run_dir == tmp_path / "camp/runinfo"
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        (
+            "selection: {policy: top-k, density_weight: 1.0}\n"
+            "generator: {kind: diffusion, share: 0.5}\n",
+            "generator.kind is 'diffusion'",
+        ),
+        (
+            "selection: {policy: top-k, density_weight: 1.0}\ngenerator: {kind: flow}\n",
+            "generator.share 0.0",
+        ),
+        (
+            "selection: {density_weight: 1.0}\ngenerator: {kind: flow, share: 0.5}\n",
+            "policy 'lcmd' does not rank by uncertainty",
+        ),
+        ("selection: {policy: top-k, density_weight: -1}\n", "greater than or equal to 0"),
+    ],
+)
+def test_a_density_weight_needs_a_trained_flow_and_a_ranking_policy(tmp_path, sections, message):
+    with pytest.raises(InputError, match="selection") as err:
+        load_config(write(tmp_path, GOOD + sections))
+    assert message in str(err.value)
+
+
+def test_a_density_weight_with_a_flow_and_top_k_loads(tmp_path):
+    text = "selection: {policy: top-k, density_weight: 2.0}\ngenerator: {kind: flow, share: 0.5}\n"
+    config = load_config(write(tmp_path, GOOD + text))
+    assert config.selection.density_weight == 2.0 and config.generator.kind == "flow"

@@ -5,7 +5,13 @@ import pytest
 from ase.build import molecule
 from conftest import jiggled
 
-from sapis.campaign.selection import classify, descriptor, farthest_point, select
+from sapis.campaign.selection import (
+    classify,
+    density_weights,
+    descriptor,
+    farthest_point,
+    select,
+)
 from sapis.errors import InputError
 from sapis.structures import structure_hash
 
@@ -172,3 +178,57 @@ def test_feature_policies_refuse_missing_or_mismatched_features():
         select(frames, 1, 0.05, 0.5, "lcmd")
     with pytest.raises(InputError, match="feature rows"):
         select(frames, 1, 0.05, 0.5, "maxdet", features=np.zeros((3, 2)), known=np.zeros((2, 2)))
+
+
+def test_density_weights_are_per_degree_of_freedom_ratios_to_the_most_likely_frame():
+    w = density_weights(np.array([-3.0, 3.0, 0.0, -np.inf, np.nan]), 6, beta=2.0)
+    np.testing.assert_allclose(w, [np.exp(-2.0), 1.0, np.exp(-1.0), 0.0, 0.0])
+    np.testing.assert_allclose(density_weights(np.array([-3.0, 3.0]), 6, beta=0.0), [1, 1])
+    assert list(density_weights(np.array([np.nan]), 6, beta=1.0)) == [0.0]
+
+
+def test_a_density_weight_puts_a_likely_frame_before_a_more_uncertain_unlikely_one():
+    # H2O: dof 6. Frame 0 is the most uncertain but 2 nats per dof less likely
+    frames = _frames([0.4, 0.3, 0.2, 0.01])
+    for atoms, ell in zip(frames, [-12.0, 0.0, 0.0, 0.0]):
+        atoms.info["log_density"] = ell
+    plain = select(frames, 2, 0.05, 0.5, "top-k")
+    assert plain.chosen == [frames[0], frames[1]] and plain.density_weight == 0
+    weighed = select(frames, 2, 0.05, 0.5, "top-k", density_weight=1.0)
+    assert weighed.chosen == [frames[1], frames[2]]  # 0.4·e⁻² = 0.054 < 0.3, 0.2
+    assert [a.info["density_factor"] for a in weighed.chosen] == [1.0, 1.0]
+    assert weighed.density_weight == 1.0
+    # a weaker weight keeps the uncertain one first: 0.4·e^(−0.2) = 0.33 > 0.3
+    assert select(frames, 1, 0.05, 0.5, "top-k", density_weight=0.1).chosen == [frames[0]]
+
+
+def test_a_density_weight_steers_the_farthest_point_sweep_away_from_an_unlikely_outlier():
+    # two clusters the flow finds likely and one far, most uncertain, unlikely outlier
+    frames = []
+    for stretch, u, ell in ((0.0, 0.2, 0.0), (0.1, 0.15, 0.0)):
+        cluster = jiggled("H2O", 4, amplitude=0.002, seed=int(stretch * 100))
+        for atoms in cluster:
+            atoms.positions[1] *= 1 + stretch
+            atoms.info.update(max_force_dev_calibrated=u, log_density=ell)
+        frames += cluster
+    outlier = jiggled("H2O", 1, amplitude=0.002, seed=7)[0]
+    outlier.positions[1] *= 1.4
+    outlier.info.update(max_force_dev_calibrated=0.3, log_density=-60.0)  # −10 per dof
+    frames.append(outlier)
+    plain = select(frames, 2, 0.05, 0.5, "uncertainty")
+    assert plain.chosen[0] is outlier  # plain sweep: most uncertain first, then farthest
+    weighed = select(frames, 2, 0.05, 0.5, "uncertainty", density_weight=1.0)
+    assert outlier not in weighed.chosen
+    assert weighed.chosen[0] in frames[:4] and weighed.chosen[1] in frames[4:8]
+
+
+def test_a_density_weight_refuses_other_policies_and_frames_without_a_density():
+    frames = _frames([0.1, 0.2])
+    with pytest.raises(InputError, match="no 'log_density' in info"):
+        select(frames, 1, 0.05, 0.5, "top-k", density_weight=1.0)
+    for atoms in frames:
+        atoms.info["log_density"] = 0.0
+    with pytest.raises(InputError, match="policy 'random' does not rank by uncertainty"):
+        select(frames, 1, 0.05, 0.5, "random", density_weight=1.0)
+    with pytest.raises(InputError, match="density weight must be >= 0"):
+        select(frames, 1, 0.05, 0.5, "top-k", density_weight=-1.0)
