@@ -199,9 +199,23 @@ def check_inputs(config: CampaignConfig, labeller: Labeller, seeds: list[Atoms])
                 f"generator.share: the generator models one molecule, but "
                 f"{config.system.structures} holds {molecules} different atom sequences"
             )
+        if config.generator.kind == "flow" and seeds:
+            _check_flow(seeds[0])
     if pool is None and not config.pretrain.displaced and not config.pretrain.labelled:
         raise InputError("pretrain: give a labelled file or displaced > 0 to start from")
     _check_dynamics(config, seeds, pool is not None)
+
+
+def _check_flow(seed: Atoms) -> None:
+    """The flow's force field must have parameters for the seed molecule (it is built
+    from the round's frames in the same way)."""
+    from sapis.generator.forcefield import LightForceField
+    from sapis.validity import bond_graph
+
+    try:
+        LightForceField.from_data(seed.numbers, sorted(bond_graph(seed)), seed.positions[None])
+    except ValueError as err:
+        raise InputError(f"generator.kind: flow: its force field: {err}") from None
 
 
 def _check_dynamics(config: CampaignConfig, seeds: list[Atoms], oracle: bool) -> None:

@@ -1,10 +1,14 @@
 """The generator's part of a round: retrain it (warm-started) on what the campaign has
 seen, sample, keep the valid samples, and score them with the ensemble.
 
-Each round's generator is kept in ``round-NNN/generator/``, trained on top of the
-previous round's copy, so the campaign folder holds every checkpoint. The samples go to
-``round-NNN/generated.extxyz`` and what happened to ``generated.json``; a rerun reads
-both back.
+The generator is either kind (``generator.kind``: the diffusion model or the flow,
+loaded by :func:`~sapis.generator.kinds.load_generator`). Each round's generator is kept
+in ``round-NNN/generator/``, trained on top of the previous round's copy, so the campaign
+folder holds every checkpoint. The samples go to ``round-NNN/generated.extxyz`` (a
+flow's with their ``log_density``) and what happened, with the training record, to
+``generated.json``; a rerun reads both back. :func:`candidate_log_densities` gives the
+round's candidates their density under the round's flow, for the selection's density
+weight.
 """
 
 import math
@@ -12,11 +16,15 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 from ase import Atoms
 
 from sapis.campaign.campaign import Campaign
 from sapis.campaign.exploration import save_candidates, saved_candidates, score
-from sapis.generator.model import META, Generator
+from sapis.campaign.selection import LOG_DENSITY
+from sapis.errors import InputError
+from sapis.generator.kinds import AnyGenerator, load_generator
+from sapis.generator.model import META
 from sapis.generator.settings import GeneratorConfig
 from sapis.generator.training import GeneratorTraining, train_generator
 from sapis.io import read_frames
@@ -46,14 +54,14 @@ def explored_frames(campaign: Campaign, rounds: range) -> list[Atoms]:
 
 def train_round_generator(
     campaign: Campaign, r: int, frames: list[Atoms]
-) -> tuple[Generator, GeneratorTraining | None]:
+) -> tuple[AnyGenerator, GeneratorTraining | None]:
     """Round ``r``'s generator: the latest earlier round's, trained further on ``frames``
     for ``generator.train_steps`` (from scratch in the first round that uses it); one
     trained before a kill is kept as it is (no training record then)."""
     folder = campaign.folder
     out = folder.generator_dir(r)
     if (out / META).is_file():
-        done = Generator.load(out)
+        done = load_generator(out)
         if done.meta.get("round") == out.parent.name:
             return done, None
     earlier = [folder.generator_dir(k) for k in range(r - 1, -1, -1)]
@@ -89,7 +97,10 @@ def generate_round(
     check = ValidityFilter.from_reference(
         campaign.seeds[0], min_dist=campaign.config.explore.min_distance
     )
-    samples = gen.sample(n, seed=settings.seed + r, guide=guide, round_=r)
+    if gen.kind == "flow":  # one pass per sample; its density comes along
+        samples = gen.sample(n, seed=settings.seed + r, round_=r, density=True)
+    else:
+        samples = gen.sample(n, seed=settings.seed + r, guide=guide, round_=r)
     valid, rejected = check.split(samples)
     for atoms in valid:
         atoms.info["hash"] = structure_hash(atoms)
@@ -100,3 +111,38 @@ def generate_round(
         "training": asdict(training) if training else "resumed",
     }
     return save_candidates(path, summary_path, frames, summary), summary
+
+
+def candidate_log_densities(campaign: Campaign, r: int, frames: list[Atoms]) -> None:
+    """Give each of round ``r``'s candidate ``frames`` that has none its
+    ``info["log_density"]``: log q(x) per Å^(3N−3) under the round's trained flow (the
+    flow's own samples carry theirs from sampling). The importance draws are seeded with
+    ``generator.seed + r``, so a rerun on the same frames gets the same numbers."""
+    lacking = [a for a in frames if LOG_DENSITY not in a.info]
+    if not lacking:
+        return
+    folder = campaign.folder.generator_dir(r)
+    try:
+        gen = load_generator(folder)
+    except InputError as err:
+        raise InputError(
+            f"selection.density_weight: round {r} has no trained flow to weigh its "
+            f"candidates with ({err})"
+        ) from None
+    if gen.kind != "flow":
+        raise InputError(
+            f"selection.density_weight: {folder} holds a {gen.kind} generator, which has no "
+            "tractable density; the density weight needs generator.kind: flow"
+        )
+    numbers = gen.numbers.tolist()
+    for atoms in lacking:
+        if atoms.numbers.tolist() != numbers:
+            raise InputError(
+                f"selection.density_weight: a {atoms.info.get('source', '?')} candidate is "
+                f"{atoms.get_chemical_formula()}, not the flow's molecule "
+                f"{gen.reference().get_chemical_formula()} in its atom order"
+            )
+    positions = np.array([a.positions for a in lacking])
+    seed = campaign.config.generator.seed + r
+    for atoms, ell in zip(lacking, gen.log_density(positions, seed=seed)):
+        atoms.info[LOG_DENSITY] = float(ell)

@@ -10,6 +10,7 @@ import numpy as np
 from ase import Atoms
 
 from sapis.campaign.campaign import Campaign
+from sapis.campaign.generation import candidate_log_densities
 from sapis.campaign.selection import FEATURE_POLICIES, UNCERTAINTY, Selection, select
 from sapis.campaign.training import training_sets
 from sapis.io import read_frames, write_frames, write_text_atomically
@@ -58,7 +59,9 @@ def select_round(
     """Choose at most ``labels`` of round ``r``'s explored ``frames`` for labelling (fewer
     when ``stop.max_labels`` is near) and store them ``pending``. ``ensemble`` (the one
     that scored the frames) gives the quantile window and the features of ``lcmd`` and
-    ``maxdet``.
+    ``maxdet``. With ``selection.density_weight`` > 0 every frame first gets its
+    log-density under the round's flow (:func:`candidate_log_densities`), and the
+    ranking is weighted by it.
 
     The choice is written to ``selected.extxyz`` (and its counts and window to
     ``selection.json``) before anything is stored, so a rerun after a kill stores the same
@@ -88,6 +91,8 @@ def select_round(
         if max_labels is not None:
             labelled = store.count(status="labelled", level=campaign.level)
             labels = min(labels, max(max_labels - labelled, 0))
+        if window.density_weight > 0:
+            candidate_log_densities(campaign, r, list(frames))
         sel = select(
             frames,
             labels,
@@ -98,6 +103,7 @@ def select_round(
             seed=seed,
             features=view.get("features"),
             known=view.get("known"),
+            density_weight=window.density_weight,
         )
         for a in sel.chosen:
             a.info["round"] = r

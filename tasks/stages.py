@@ -74,7 +74,8 @@ def explore_with_surrogate(
 def propose_with_generator(
     session: Session, ensemble: Path, round_: int, md_frames: list[Atoms]
 ) -> tuple[list[Atoms], dict]:
-    """The diffusion generator's valid proposals, scored by ``ensemble`` (none when off)."""
+    """The generator's valid proposals (diffusion model or flow, ``generator.kind``; a
+    flow's with their log-density), scored by ``ensemble`` (none when off)."""
     return generate_round(session.campaign, ensemble, round_, md_frames)
 
 
@@ -91,7 +92,8 @@ def propose_with_dynamics(
 def select_for_labelling(
     session: Session, candidates: list[Atoms], round_: int, labels: int, ensemble: Path
 ) -> Selection:
-    """Trust window, the policy's picks within the budget; stored as pending."""
+    """Trust window, the policy's picks within the budget (weighted by each candidate's
+    density under the round's flow with ``selection.density_weight``); stored as pending."""
     return select_round(session.campaign, candidates, round_, labels, ensemble)
 
 

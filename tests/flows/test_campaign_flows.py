@@ -289,6 +289,11 @@ def test_the_approval_gate_pauses_until_resumed(prefect_server, tmp_path):
         ({"test_file": "water.xyz"}, "carries no energies and forces"),
         ({"generator": {"share": 1.0}}, "generator.share"),
         ({"generator": {"share": 0.5}, "oracle": str(RMD17)}, "an oracle labels only its own"),
+        (
+            {"selection": {"policy": "top-k", "density_weight": 1.0}},
+            "selection.density_weight 1.0 needs each round's candidate densities from a "
+            "trained flow",
+        ),
         ({"pretrain": {"cheap": {"method": "GFN3-xTB"}}}, "pretrain.cheap.method"),
         ({"pretrain": {"cheap": {"program": "pyscf"}}}, "no cheap level to sample with"),
         (
