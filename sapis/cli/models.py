@@ -212,6 +212,12 @@ def predict(
 def train_generator_command(
     db: DbOption,
     out: Annotated[Path, typer.Option(help="Generator folder (trained further if it exists).")],
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            help="diffusion | flow (default: the config's generator.kind, else diffusion)."
+        ),
+    ] = None,
     train_steps: Annotated[
         int | None, typer.Option(help="Optimiser steps of the training (the budget).")
     ] = None,
@@ -223,12 +229,18 @@ def train_generator_command(
         typer.Option("--config", "-c", help="Campaign YAML (its generator: section)."),
     ] = None,
     prior_weight: Annotated[
-        float | None, typer.Option(help="λ of the feasibility prior (0: no prior).")
+        float | None,
+        typer.Option(help="λ of the diffusion model's feasibility prior (0: no prior)."),
+    ] = None,
+    energy_weight: Annotated[
+        float | None,
+        typer.Option(help="λ (1/eV) of the flow's force-field energy penalty (0: none)."),
     ] = None,
     check: Annotated[int, typer.Option(help="Samples drawn afterwards to check it.")] = 500,
 ) -> None:
-    """Train the diffusion generator on the store's structures (labelled and not; failed
-    labels left out), then sample it and compare its bond lengths with the data."""
+    """Train a configuration generator (the diffusion model, or the normalizing flow with
+    --kind flow) on the store's structures (labelled and not; failed labels left out),
+    then sample it and compare its bond lengths with the data."""
     from sapis.campaign.config import load_config
     from sapis.generator.model import molecule_frames
     from sapis.generator.quality import assess, plot_bond_lengths
@@ -237,20 +249,35 @@ def train_generator_command(
     from sapis.store import DatasetStore
 
     try:
+        base = load_config(config).generator if config else GeneratorConfig()
         settings = with_options(
-            load_config(config).generator if config else GeneratorConfig(),
+            base,
             "generator",
+            kind=kind,
             train_steps=train_steps,
             max_minutes=max_minutes,
             prior_weight=prior_weight,
         )
+        if settings.kind == "diffusion" and energy_weight is not None:
+            raise InputError(
+                "--energy-weight is the flow's force-field penalty; the diffusion model has "
+                "--prior-weight (or use --kind flow)"
+            )
+        if settings.kind == "flow" and prior_weight is not None:
+            raise InputError(
+                "--prior-weight is the diffusion model's feasibility prior; the flow has "
+                "--energy-weight (or use --kind diffusion)"
+            )
+        if energy_weight is not None:
+            flow = {**settings.flow.model_dump(), "energy_weight": energy_weight}
+            settings = with_options(settings, "generator", flow=flow)
         frames = DatasetStore(db, create=False).structures()
         reference, positions, skipped = molecule_frames(frames)
     except InputError as err:
         raise fail(err) from None
     console.print(
-        f"training the generator of {reference.get_chemical_formula()} on {len(positions)} "
-        f"structures for {settings.train_steps} steps"
+        f"training the {settings.kind} generator of {reference.get_chemical_formula()} on "
+        f"{len(positions)} structures for {settings.train_steps} steps"
         + (f" (left out: {skipped})" if skipped else ""),
         highlight=False,
     )
@@ -258,19 +285,7 @@ def train_generator_command(
         gen, record = train_generator(frames, out, settings, reference=reference, progress=True)
     except InputError as err:
         raise fail(err) from None
-    table = Table(title=f"{out}: generator of {reference.get_chemical_formula()}")
-    for col in ("frames", "parameters", "steps", "seconds", "loss", "w·‖R(x̂0)‖² Å²", "warm start"):
-        table.add_column(col, justify="right")
-    table.add_row(
-        str(record.frames),
-        f"{record.parameters:,}",
-        str(record.steps),
-        f"{record.seconds:.0f}",
-        f"{record.loss:.3f}",
-        f"{record.penalty:.3g}",
-        "yes" if record.warm_start else "no",
-    )
-    console.print(table)
+    console.print(_training_table(out, reference.get_chemical_formula(), record))
     if check:
         quality, samples = assess(gen, positions, n=check)
         plot = plot_bond_lengths(
@@ -283,6 +298,33 @@ def train_generator_command(
             f"{quality.bond_w1_max:.3f} Å; plot: {plot}",
             highlight=False,
         )
+
+
+def _training_table(out: Path, formula: str, record) -> Table:
+    """One row of a generator training: its kind's own losses (the diffusion model's
+    prior penalty, the flow's negative log-likelihood and sample energy)."""
+    import math
+
+    columns = ["frames", "parameters", "steps", "seconds", "loss"]
+    row = [
+        str(record.frames),
+        f"{record.parameters:,}",
+        str(record.steps),
+        f"{record.seconds:.0f}",
+        f"{record.loss:.3f}",
+    ]
+    if record.kind == "flow":
+        columns += ["NLL per dof", "E(samples) eV"]
+        energy = f"{record.energy:.3g}" if math.isfinite(record.energy) else "–"
+        row += [f"{record.nll:.3f}", energy]
+    else:
+        columns += ["w·‖R(x̂0)‖² Å²"]
+        row += [f"{record.penalty:.3g}"]
+    table = Table(title=f"{out}: {record.kind} generator of {formula}")
+    for col in [*columns, "warm start"]:
+        table.add_column(col, justify="right")
+    table.add_row(*row, "yes" if record.warm_start else "no")
+    return table
 
 
 @app.command()
@@ -301,19 +343,38 @@ def generate(
     guidance: Annotated[
         float, typer.Option(help="Steering step in Å per sampling step (with --guide).")
     ] = 0.05,
+    log_density: Annotated[
+        bool,
+        typer.Option(
+            "--log-density",
+            help="Write each sample's log q(x) per Å^(3N−3) into its info (flow only).",
+        ),
+    ] = False,
 ) -> None:
-    """Sample structures from a trained generator; the validity filter (distances, bond
-    graph, mirror images of chiral molecules) drops unphysical ones unless asked not to."""
+    """Sample structures from a trained generator (diffusion model or flow); the validity
+    filter (distances, bond graph, mirror images of chiral molecules) drops unphysical
+    ones unless asked not to. A flow's samples can carry their log-density."""
     import time
 
     import ase.io
+    import numpy as np
 
-    from sapis.generator.model import Generator
+    from sapis.generator.kinds import load_generator
     from sapis.validity import ValidityFilter
 
     try:
         check_output(out)
-        gen = Generator.load(model)
+        gen = load_generator(model)
+        if log_density and gen.kind != "flow":
+            raise InputError(
+                f"--log-density: {model} holds a {gen.kind} generator, which has no "
+                "tractable density (train one with --kind flow)"
+            )
+        if guide is not None and gen.kind != "diffusion":
+            raise InputError(
+                f"--guide: {model} holds a {gen.kind} generator, which samples in one pass "
+                "and cannot be steered (guidance is for the diffusion kind)"
+            )
         steer = None
         if guide is not None:
             from sapis.surrogate.ensemble import Ensemble
@@ -327,6 +388,10 @@ def generate(
     start = time.perf_counter()
     samples = gen.sample(n, seed=seed, guide=steer)
     seconds = time.perf_counter() - start
+    if log_density:  # the estimate sample(density=True) gives, timed apart
+        logq = gen.log_density(np.array([a.positions for a in samples]), seed=seed)
+        for atoms, ell in zip(samples, logq):
+            atoms.info["log_density"] = float(ell)
     check = ValidityFilter.from_reference(gen.reference())
     valid, rejected = check.split(samples)
     if keep_invalid:

@@ -1,6 +1,8 @@
 """``sapis train``, ``predict``, ``train-generator`` and ``generate`` from the command
 line: real trainings of tiny models, and bad input refused before any training."""
 
+import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ from conftest import DATA
 from typer.testing import CliRunner
 
 from sapis.cli import app
+from sapis.generator.kinds import load_generator
 from sapis.store import DatasetStore
 
 runner = CliRunner()
@@ -112,3 +115,72 @@ def test_cli_trains_on_a_store_and_generates(malonaldehyde, tmp_path):
         capture_output=True, text=True,
     )  # fmt: skip
     assert out.returncode == 2 and "no generator here" in out.stderr
+
+
+TINY_FLOW = "{blocks: 1, hidden: 8, layers: 1, bins: 4, density_draws: 4}"
+
+
+def test_cli_trains_a_flow_and_samples_it_with_its_log_density(malonaldehyde, tmp_path):
+    db = str(tmp_path / "data.db")
+    DatasetStore(db).add([Atoms(a.numbers, a.positions) for a in malonaldehyde[0][:30]])
+    config = tmp_path / "campaign.yaml"
+    config.write_text(
+        f"database: data.db\ngenerator: {{kind: flow, batch_size: 8, flow: {TINY_FLOW}}}\n"
+    )
+    gen = tmp_path / "flow"
+    train = ["train-generator", "--db", db, "--out", str(gen), "-c", str(config)]
+    result = runner.invoke(app, [*train, "--train-steps", "5", "--energy-weight", "0.1",
+                                 "--check", "10"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "training the flow generator of C3H4O2 on 30 structures for 5 steps" in result.output
+    assert "NLL per dof" in result.output and "E(samples) eV" in result.output
+    assert "10 samples:" in result.output and (gen / "bond_lengths.png").is_file()
+    meta = json.loads((gen / "generator.json").read_text())
+    assert meta["kind"] == "flow" and meta["config"]["flow"]["energy_weight"] == 0.1
+    assert math.isfinite(meta["trainings"][0]["energy"])  # the penalty was on
+
+    out = tmp_path / "s.extxyz"
+    result = runner.invoke(
+        app, ["generate", str(gen), str(out), "--n", "6", "--keep-invalid", "--log-density"]
+    )
+    assert result.exit_code == 0, result.output
+    samples = ase.io.read(out, ":")
+    assert len(samples) == 6 and all(a.info["source"] == "generator" for a in samples)
+    logq = [a.info["log_density"] for a in samples]
+    assert np.isfinite(logq).all()
+    # the very numbers the flow gives its own samples
+    expected = [a.info["log_density"] for a in load_generator(gen).sample(6, density=True)]
+    np.testing.assert_allclose(logq, expected, rtol=0, atol=1e-6)
+    ensemble = tmp_path / "ensemble"
+    result = runner.invoke(app, ["generate", str(gen), str(out), "--guide", str(ensemble)])
+    assert result.exit_code == 2 and "cannot be steered" in result.output
+
+    # --kind overrides the config's; a diffusion model has no density to write
+    diffusion = tmp_path / "diffusion"
+    result = runner.invoke(
+        app, ["train-generator", "--db", db, "--out", str(diffusion), "-c", str(config),
+              "--kind", "diffusion", "--train-steps", "3", "--check", "0"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "diffusion generator" in result.output and "w·‖R(x̂0)‖² Å²" in result.output
+    assert json.loads((diffusion / "generator.json").read_text())["kind"] == "diffusion"
+    result = runner.invoke(app, ["generate", str(diffusion), str(out), "--log-density"])
+    assert result.exit_code == 2 and "has no tractable density" in result.output
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--energy-weight", "0.1"], "--energy-weight is the flow's force-field penalty"),
+        (["--kind", "flow", "--prior-weight", "0.1"], "--prior-weight is the diffusion"),
+        (["--kind", "gan"], "kind: Input should be 'diffusion' or 'flow'"),
+        (["--kind", "flow", "--energy-weight", "-1"], "energy_weight"),
+    ],
+)
+def test_train_generator_refuses_options_of_the_other_kind(tmp_path, options, message):
+    db = str(tmp_path / "data.db")
+    DatasetStore(db).add([molecule("H2O") for _ in range(3)])
+    out = tmp_path / "gen"
+    result = runner.invoke(app, ["train-generator", "--db", db, "--out", str(out), *options])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not out.exists()
