@@ -5,10 +5,10 @@ The generator is either kind (``generator.kind``: the diffusion model or the flo
 loaded by :func:`~sapis.generator.kinds.load_generator`). Each round's generator is kept
 in ``round-NNN/generator/``, trained on top of the previous round's copy, so the campaign
 folder holds every checkpoint. The samples go to ``round-NNN/generated.extxyz`` (a
-flow's with their ``log_density``) and what happened, with the training record, to
-``generated.json``; a rerun reads both back. :func:`candidate_log_densities` gives the
-round's candidates their density under the round's flow, for the selection's density
-weight.
+flow's with their ``log_density`` when the selection weighs by density) and what
+happened, with the training record, to ``generated.json``; a rerun reads both back.
+:func:`candidate_log_densities` gives the round's candidates their density under the
+round's flow, for the selection's density weight.
 """
 
 import math
@@ -97,8 +97,9 @@ def generate_round(
     check = ValidityFilter.from_reference(
         campaign.seeds[0], min_dist=campaign.config.explore.min_distance
     )
-    if gen.kind == "flow":  # one pass per sample; its density comes along
-        samples = gen.sample(n, seed=settings.seed + r, round_=r, density=True)
+    if gen.kind == "flow":  # one pass per sample; the density (≈35 passes' cost) if used
+        density = campaign.config.selection.density_weight > 0
+        samples = gen.sample(n, seed=settings.seed + r, round_=r, density=density)
     else:
         samples = gen.sample(n, seed=settings.seed + r, guide=guide, round_=r)
     valid, rejected = check.split(samples)

@@ -75,7 +75,8 @@ def propose_with_generator(
     session: Session, ensemble: Path, round_: int, md_frames: list[Atoms]
 ) -> tuple[list[Atoms], dict]:
     """The generator's valid proposals (diffusion model or flow, ``generator.kind``; a
-    flow's with their log-density), scored by ``ensemble`` (none when off)."""
+    flow's with their log-density for a density weight), scored by ``ensemble`` (none
+    when off)."""
     return generate_round(session.campaign, ensemble, round_, md_frames)
 
 

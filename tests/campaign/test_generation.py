@@ -69,18 +69,18 @@ def write_config(tmp_path: Path, seeds: list[Atoms], **sections) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kind", ["diffusion", "flow"])
+@pytest.mark.parametrize(("kind", "beta"), [("diffusion", 0.0), ("flow", 0.0), ("flow", 1.0)])
 def test_a_round_trains_either_generator_kind_and_keeps_its_scored_valid_samples(
-    tmp_path, tiny_ensemble, kind
+    tmp_path, tiny_ensemble, kind, beta
 ):
     flow = kind == "flow"
-    selection = {"density_weight": 1.0} if flow else {}
+    selection = {"density_weight": beta}
     path = write_config(tmp_path, [molecule("H2O")], generator={"kind": kind}, selection=selection)
     campaign = Campaign.start(path)
     campaign.store.add(jiggled("H2O", 20, amplitude=0.05))  # what the store knows already
     md, _ = explore_round(campaign, tiny_ensemble, 1)
     assert len(md) >= 2
-    if flow:  # the density weight needs the round's flow, which is not trained yet
+    if beta:  # the density weight needs the round's flow, which is not trained yet
         with pytest.raises(InputError, match="round 1 has no trained flow"):
             select_round(campaign, md, 1, 4, tiny_ensemble)
         assert not campaign.folder.selected_path(1).exists()
@@ -99,9 +99,10 @@ def test_a_round_trains_either_generator_kind_and_keeps_its_scored_valid_samples
     for atoms in generated:
         assert atoms.info["source"] == "generator" and atoms.info["round"] == 1
         assert atoms.info["max_force_dev_calibrated"] > 0  # scored by the ensemble
-        assert ("log_density" in atoms.info) == flow
+        assert ("log_density" in atoms.info) == (beta > 0)  # only when it is used
     if flow:
         assert len(generated) > 0  # a 20-step flow samples valid waters
+    if beta:
         assert all(np.isfinite(a.info["log_density"]) for a in generated)
     on_disk = json.loads(campaign.folder.generated_path(1).with_name("generated.json").read_text())
     assert on_disk["training"]["kind"] == kind
@@ -117,8 +118,8 @@ def test_a_round_trains_either_generator_kind_and_keeps_its_scored_valid_samples
 
     candidates = md + generated
     sel = select_round(campaign, candidates, 1, 4, tiny_ensemble)
-    assert len(sel.chosen) == 4 and sel.density_weight == (1.0 if flow else 0.0)
-    if not flow:
+    assert len(sel.chosen) == 4 and sel.density_weight == beta
+    if not beta:
         assert all("log_density" not in a.info for a in md)
         return
     # every candidate, MD frames too, now has its density under the round's flow, and
