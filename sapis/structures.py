@@ -146,7 +146,11 @@ def structure_hash(atoms: Atoms) -> str:
     or the composition differs. Each atom contributes its element and the sorted list of
     (element, distance) to every other atom; the sorted per-atom fingerprints are hashed.
     Periodic structures use minimum-image distances and add the cell lengths and angles.
+    Positions are first rounded to 10⁻⁸ Å, the precision extended XYZ files keep, so a
+    structure hashes alike before it is written and after it is read back (else a
+    distance within 10⁻⁸ Å of a rounding boundary flips the hash).
     """
+    atoms = Atoms(atoms.numbers, np.round(atoms.positions, 8), cell=atoms.cell, pbc=atoms.pbc)
     numbers = atoms.numbers.astype(np.int64)
     periodic = bool(atoms.pbc.any())
     scale = 10**HASH_DECIMALS
