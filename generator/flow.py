@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from zuko.transforms import MonotonicRQSTransform
 
-from sapis.generator.egnn import radial_basis
+from sapis.generator.egnn import EquivariantLayer, radial_basis
 
 
 def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
@@ -56,10 +56,11 @@ class FrameConditioner(nn.Module):
     """Invariant features and equivariant origins and frames of every atom, from the
     condition's coordinates ``y`` ``[batch, atoms, 3]``, the atom types and bond graph.
 
-    Message passing on the complete graph (edges: bonded flag and radial basis of the
-    distance); four equivariant vectors per atom are sums of difference vectors
-    ``y_i − y_j`` weighted by invariant pair weights: the first shifts the origin away
-    from ``y_i``, the other three span the frame.
+    An E(n)-equivariant graph network (the diffusion model's layers) on the complete
+    graph refines ``y`` layer by layer, as a denoiser would: the refined positions are
+    the origins, so a target atom is placed relative to where the condition says it
+    belongs. Three equivariant vectors per atom, sums of refined difference vectors
+    weighted by invariant pair weights, span the frame.
     """
 
     def __init__(
@@ -68,15 +69,25 @@ class FrameConditioner(nn.Module):
         super().__init__()
         self.n_elements, self.n_rbf, self.cutoff = n_elements, n_rbf, cutoff
         self.embed = _mlp(n_elements, hidden, hidden)
-        edge_features = 1 + n_rbf
-        self.message = nn.ModuleList(
-            _mlp(2 * hidden + edge_features, hidden, hidden) for _ in range(layers)
+        edge_features = 2 + n_rbf  # bonded flag, squared distance, radial basis
+        self.layers = nn.ModuleList(EquivariantLayer(hidden, edge_features) for _ in range(layers))
+        self.vectors = _mlp(2 * hidden + edge_features, hidden, 3)
+
+    def _edges(
+        self, y: torch.Tensor, bond: torch.Tensor, scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        diff = y[:, :, None] - y[:, None]
+        dist = torch.sqrt((diff**2).sum(-1) + 1e-12)
+        d = dist * scale  # in Å
+        edges = torch.cat(
+            [
+                bond[..., None],
+                (d[..., None] / self.cutoff) ** 2,
+                radial_basis(d, self.n_rbf, self.cutoff),
+            ],
+            dim=-1,
         )
-        self.update = nn.ModuleList(_mlp(2 * hidden, hidden, hidden) for _ in range(layers))
-        self.vectors = _mlp(2 * hidden + edge_features, hidden, 4)
-        with torch.no_grad():  # origins start on the condition's atoms
-            self.vectors[-1].weight[0].zero_()
-            self.vectors[-1].bias[0].zero_()
+        return diff, dist, edges
 
     def forward(
         self, y: torch.Tensor, species: torch.Tensor, bonded: torch.Tensor, scale: float
@@ -84,24 +95,20 @@ class FrameConditioner(nn.Module):
         """Features ``[batch, atoms, hidden]``, origins ``[batch, atoms, 3]`` and frames
         ``[batch, atoms, 3, 3]`` (rows are the axes)."""
         batch, n = y.shape[:2]
-        diff = y[:, :, None] - y[:, None]
-        dist = torch.sqrt((diff**2).sum(-1) + 1e-12)
-        edges = torch.cat(
-            [
-                bonded.to(y.dtype).expand(batch, n, n)[..., None],
-                radial_basis(dist * scale, self.n_rbf, self.cutoff),  # in Å
-            ],
-            dim=-1,
-        )
-        pairs = (1.0 - torch.eye(n, dtype=y.dtype, device=y.device))[..., None]
+        bond = bonded.to(y.dtype).expand(batch, n, n)
+        pairs = 1.0 - torch.eye(n, dtype=y.dtype, device=y.device)
         onehot = nn.functional.one_hot(species, self.n_elements).to(y.dtype)
         h = self.embed(onehot).expand(batch, n, -1)
-        for message, update in zip(self.message, self.update):
-            m = message(torch.cat([_pairs_i(h), _pairs_j(h), edges], dim=-1)) * pairs
-            h = h + update(torch.cat([h, m.sum(2) / n], dim=-1))
-        w = self.vectors(torch.cat([_pairs_i(h), _pairs_j(h), edges], dim=-1)) * pairs
+        origin = y
+        for layer in self.layers:
+            diff, dist, edges = self._edges(origin, bond, scale)
+            h, step = layer(h, diff, dist, edges, pairs)
+            origin = origin + step
+        diff, dist, edges = self._edges(origin, bond, scale)
+        w = self.vectors(torch.cat([_pairs_i(h), _pairs_j(h), edges], dim=-1))
+        w = w * pairs[..., None]
         v = torch.einsum("bijk,bijc->bikc", w, diff / (dist[..., None] + 1.0))
-        return h, y + v[:, :, 0], gram_schmidt(v[:, :, 1:])
+        return h, origin, gram_schmidt(v)
 
 
 def _pairs_i(h: torch.Tensor) -> torch.Tensor:

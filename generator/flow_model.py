@@ -29,6 +29,13 @@ from sapis.validity import bond_graph
 BATCH = 256
 
 
+def soften(energy: torch.Tensor, high: float = 1.0) -> torch.Tensor:
+    """The energy up to ``high`` eV, logarithmic above (a clash's r⁻¹² would otherwise
+    swamp every gradient; after Noé et al.'s Boltzmann generators)."""
+    excess = torch.clamp(energy - high, min=0.0)
+    return torch.where(energy > high, high + torch.log1p(excess), energy)
+
+
 def _stiffness(positions: np.ndarray, bonds: list[tuple[int, int]]) -> float:
     """k of the harmonic prior such that a tree bond's mean square length (3/k) is the
     data's (model units)."""
@@ -159,9 +166,9 @@ class FlowGenerator:
         out = {"nll": nll}
         if settings.energy_weight > 0:
             samples, _, _ = flow.sample(settings.energy_samples, generator, dtype=x.dtype)
-            energy = self.forcefield.energy(samples * flow.scale).mean()
-            out["energy"] = energy
-            out["loss"] = nll + settings.energy_weight * energy / flow.dof
+            energy = self.forcefield.energy(samples * flow.scale)
+            out["energy"] = energy.mean()
+            out["loss"] = nll + settings.energy_weight * soften(energy).mean() / flow.dof
         else:
             out["loss"] = nll
         return out

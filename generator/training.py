@@ -33,6 +33,7 @@ class GeneratorTraining:
     kind: str = "diffusion"
     nll: float = float("nan")  # flow: −log q(x, a) + log π(a|x) per degree of freedom
     energy: float = float("nan")  # flow: mean force-field energy of samples, eV
+    dropped: int = 0  # steps whose loss or gradient was not finite (no update made)
 
 
 def train_generator(
@@ -77,7 +78,7 @@ def train_generator(
     max_steps = max_steps or config.train_steps
     cap = 60.0 * config.max_minutes if config.max_minutes else math.inf
     recent: list[dict] = []
-    start, steps = time.perf_counter(), 0
+    start, steps, dropped = time.perf_counter(), 0, 0
     with _progress(progress) as bar:
         task = bar.add_task("generator", total=max_steps) if bar else None
         while steps < max_steps and time.perf_counter() - start < cap:
@@ -85,11 +86,14 @@ def train_generator(
             losses = gen.losses(batch, rng)
             optimiser.zero_grad()
             losses["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
+            norm = torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
+            steps += 1
+            if not (torch.isfinite(norm) and torch.isfinite(losses["loss"])):
+                dropped += 1  # an overflowing sample: this step would poison the weights
+                continue
             optimiser.step()
             gen.update_ema(config.ema_decay if steps > 50 else 0.0)
             recent = ([*recent, {k: float(v.detach()) for k, v in losses.items()}])[-100:]
-            steps += 1
             if bar and steps % 20 == 0:
                 bar.update(task, completed=steps)
     net.eval()
@@ -105,6 +109,7 @@ def train_generator(
         nll=mean.get("nll", float("nan")),
         energy=mean.get("energy", float("nan")),
         kind=gen.kind,
+        dropped=dropped,
         warm_start=warm,
         parameters=net.parameter_count(),
     )
