@@ -32,6 +32,9 @@ from zuko.transforms import MonotonicRQSTransform
 
 from sapis.generator.egnn import EquivariantLayer, radial_basis
 
+#: Largest log-stretch of a coupling before its spline (e³ per layer).
+STRETCH = 3.0
+
 
 def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(n_in, hidden), nn.SiLU(), nn.Linear(hidden, n_out))
@@ -50,6 +53,24 @@ def gram_schmidt(v: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
             u = u - (u * e).sum(-1, keepdim=True) * e
         axes.append(u / torch.linalg.vector_norm(u, dim=-1, keepdim=True).clamp_min(eps))
     return torch.stack(axes, dim=-2)
+
+
+class GuardedSpline(MonotonicRQSTransform):
+    """zuko's monotonic rational-quadratic spline whose inverse keeps the quadratic's
+    discriminant above zero: rounded below it, the square root gave NaN, and a NaN sample
+    in a batch poisons the gradient of every other (0 · NaN in the backward pass)."""
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        k = self.searchsorted(self.vertical, y) - 1
+        inside, x0, x1, y0, y1, d0, d1, s = self.bin(k)
+        dy = inside * (y - y0)
+        bend = d0 + d1 - 2 * s
+        qa = (y1 - y0) * (s - d0) + dy * bend
+        qb = (y1 - y0) * d0 - dy * bend
+        qc = -s * dy
+        root = torch.sqrt(torch.clamp(qb**2 - 4 * qa * qc, min=1e-20))
+        z = 2 * qc / (-qb - root)
+        return torch.where(inside, x0 + z * (x1 - x0), y)
 
 
 class FrameConditioner(nn.Module):
@@ -136,17 +157,15 @@ class FrameSplineCoupling(nn.Module):
 
     def _spline(
         self, condition: torch.Tensor, species: torch.Tensor, bonded: torch.Tensor, scale: float
-    ) -> tuple[MonotonicRQSTransform, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[GuardedSpline, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The spline, origins, frames, and log-scales ``[batch, atoms, 3]`` applied
         before the spline (an unbounded stretch; the spline's range is bounded)."""
         h, origin, frame = self.conditioner(condition, species, bonded, scale)
         out = self.knots(h)
         p = out[..., 3:].unflatten(-1, (3, 3 * self.bins - 1))
         k = self.bins
-        spline = MonotonicRQSTransform(
-            p[..., :k], p[..., k : 2 * k], p[..., 2 * k :], bound=self.bound
-        )
-        log_scale = 3.0 * torch.tanh(out[..., :3] / 3.0)
+        spline = GuardedSpline(p[..., :k], p[..., k : 2 * k], p[..., 2 * k :], bound=self.bound)
+        log_scale = STRETCH * torch.tanh(out[..., :3] / STRETCH)
         return spline, origin, frame, log_scale
 
     def forward(

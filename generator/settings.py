@@ -21,7 +21,7 @@ class FlowConfig(Strict):
     layers: int = Field(2, ge=1)
     bins: int = Field(8, ge=2)
     augment: float = Field(0.2, gt=0.0)
-    energy_weight: float = Field(0.0, ge=0.0)
+    energy_weight: float = Field(10.0, ge=0.0)
     energy_samples: int = Field(16, ge=1)
     density_draws: int = Field(16, ge=1)
 
