@@ -4,9 +4,10 @@ Both arms run the real campaign flow (Prefect, temporary server, Parsl threads, 
 PBE/def2-SVP with density fitting: the rMD17 level of theory) on malonaldehyde from the
 same pretraining set (rMD17 train frames, whose labels are at that level), with the same
 model size, ensemble, training budget, rounds and label budget. The only difference:
-``generator.share`` (0 against the value given). Errors are measured on the rMD17 test
-split. The rMD17 energies carry a constant offset of ~1 meV against PySCF's, so only the
-force error is compared.
+``generator.share`` (0 against the value given) and ``generator.kind`` (the diffusion
+model or the normalizing flow, each trained the same minutes per round). Errors are
+measured on the rMD17 test split. The rMD17 energies carry a constant offset of ~1 meV
+against PySCF's, so only the force error is compared.
 
     .venv/bin/python bench/generator_loop.py [--rounds 3] [--labels 10] [--share 0.5]
 
@@ -23,7 +24,7 @@ import common
 import yaml
 
 
-def run_arm(name: str, share: float, args, root: Path) -> dict:
+def run_arm(name: str, share: float, args, root: Path, kind: str = "diffusion") -> dict:
     from sapis.campaign.folder import CampaignFolder
     from sapis.flows.campaign import campaign
     from sapis.flows.parameters import CampaignParameters
@@ -36,7 +37,7 @@ def run_arm(name: str, share: float, args, root: Path) -> dict:
     ase.io.write(folder / "seeds.xyz", [train[k] for k in (500, 900)])
     config = {
         "system": {"structures": "seeds.xyz"},
-        "dft": {"xc": "PBE", "basis": "def2-svp", "density_fit": True, "threads": 2},
+        "dft": {"xc": "PBE", "basis": "def2-svp", "density_fit": True, "threads": args.threads},
         "executor": {"profile": "threads", "workers": 1},
         "test_file": str(common.TEST),
         "database": "data.db",
@@ -49,7 +50,7 @@ def run_arm(name: str, share: float, args, root: Path) -> dict:
             "patience": 40,
         },
         "explore": {"temperatures": [500.0], "steps": args.md_steps, "sample_every": 10},
-        "generator": {"share": share, "max_minutes": args.generator_minutes},
+        "generator": {"share": share, "max_minutes": args.generator_minutes, "kind": kind},
         "selection": {"lo": 0.0, "hi": 3.0, "labels_per_round": args.labels},
         "stop": {"max_rounds": args.rounds},
         "scaling": {"enabled": False},  # the same model size in both arms
@@ -63,6 +64,7 @@ def run_arm(name: str, share: float, args, root: Path) -> dict:
         "date": common.timestamp(),
         "arm": name,
         "share": share,
+        "kind": kind if share else "-",
         "size": args.size,
         "members": args.members,
         "minutes per member": args.minutes,
@@ -92,9 +94,9 @@ def write_outputs() -> None:
         "label budget; force MAE on the rMD17 test split (1000 frames) after each round. "
         "Per round, per source: valid / in the trust window / selected.",
         "",
-        "| arm | date | share | size | K | min/member | labels → force MAE (meV/Å) "
+        "| arm | date | share | kind | size | K | min/member | labels → force MAE (meV/Å) "
         "| sources per round | DFT s | explore s | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in by_arm.items():
         curve = ", ".join(f"{n} → {1000 * m:.1f}" for n, m in r["curve"])
@@ -106,7 +108,8 @@ def write_outputs() -> None:
             for by in r["by_source"]
         )
         lines.append(
-            f"| {name} | {r['date'][:10]} | {r['share']} | {r['size']} | {r['members']} | "
+            f"| {name} | {r['date'][:10]} | {r['share']} | {r.get('kind', 'diffusion')} | "
+            f"{r['size']} | {r['members']} | "
             f"{r['minutes per member']} | {curve} | {sources} | {r['dft seconds']} | "
             f"{r['explore seconds']} | {r['wall seconds']} |"
         )
@@ -125,14 +128,19 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=0.5, help="per member and round")
     parser.add_argument("--generator-minutes", type=float, default=1.0, help="per round")
     parser.add_argument("--md-steps", type=int, default=400)
+    parser.add_argument("--threads", type=int, default=2, help="PySCF threads")
     parser.add_argument(
-        "--arms", nargs="+", default=["generator", "md"], choices=["generator", "md"]
+        "--arms", nargs="+", default=["generator", "md"], choices=["generator", "flow", "md"]
     )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="generator-loop-"))
-    arms = {"generator": ("MD + generator", args.share), "md": ("MD only", 0.0)}
-    for name, share in (arms[a] for a in args.arms):
-        row = run_arm(name, share, args, root)
+    arms = {
+        "generator": ("MD + generator", args.share, "diffusion"),
+        "flow": ("MD + flow", args.share, "flow"),
+        "md": ("MD only", 0.0, "diffusion"),
+    }
+    for name, share, kind in (arms[a] for a in args.arms):
+        row = run_arm(name, share, args, root, kind)
         print(row)
         common.record("generator_loop", row)
     write_outputs()
