@@ -26,7 +26,7 @@ import argparse
 import os
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import common
@@ -67,24 +67,13 @@ def xtb_energies(numbers: np.ndarray, positions: np.ndarray) -> np.ndarray:
 def run_molecule(entry: dict, args: dict) -> list[dict]:
     """Every arm on one molecule; one result row per arm."""
     _one_thread()
-    from sapis.generator.conformers import (
-        ConformerValidity,
-        coverage,
-        etkdg_conformers,
-        heavy_symmetries,
-        load_molecule,
-        rmsd_matrix,
-    )
+    from sapis.generator.conformers import load_molecule
     from sapis.generator.settings import GeneratorConfig
-    from sapis.generator.training import train_generator
 
     mol = load_molecule(GEOM / entry["file"])
     n = 2 * len(mol.reference_positions)
     frames = [mol.atoms(x) for x in mol.train_positions]
     reference = mol.atoms(mol.reference_positions[0])
-    symmetries = heavy_symmetries(mol.mol)
-    validity = ConformerValidity(mol.mol)
-    ref_energy = float(np.mean(mol.reference_energies))
     base = {"train_steps": args["steps"], "max_minutes": args["minutes"], "batch_size": 64}
     configs = {
         "diffusion": GeneratorConfig(kind="diffusion", **base),
@@ -93,48 +82,69 @@ def run_molecule(entry: dict, args: dict) -> list[dict]:
     }
     rows = []
     for arm in ARMS:
-        start = time.perf_counter()
-        training = float("nan")
-        if arm == "etkdg":
-            positions = etkdg_conformers(mol.mol, n, seed=args["seed"])
-            ms = 1000 * (time.perf_counter() - start) / n
-        else:
-            config = configs[arm].model_copy(update={"seed": args["seed"]})
-            with tempfile.TemporaryDirectory() as tmp:
-                gen, record = train_generator(frames, tmp, config, reference=reference)
-                training = record.seconds
-                start = time.perf_counter()
-                positions = gen.sample_positions(n, seed=args["seed"])
-                ms = 1000 * (time.perf_counter() - start) / n
-        valid, rejected = validity.split(positions)
-        rmsd = rmsd_matrix(mol.mol, mol.reference_positions, positions, symmetries)
-        energies = xtb_energies(mol.numbers, positions[valid]) if valid.any() else np.zeros(0)
-        row = {
-            "time": common.timestamp(),
-            "molecule": mol.name,
-            "set": entry["set"],
-            "smiles": mol.smiles,
-            "arm": arm,
-            "heavy atoms": len(mol.heavy),
-            "references": len(mol.reference_positions),
-            "generated": n,
-            "valid %": round(100 * float(valid.mean()), 1),
-            "rejected": rejected,
-            "ΔE kcal/mol": round(EV_TO_KCAL * (float(np.nanmean(energies)) - ref_energy), 2)
-            if len(energies)
-            else None,
-            "ms per conformer": round(ms, 2),
-            "training s": round(training, 1),
-            "steps": args["steps"],
-            "λ": args["lam"] if arm == "flow λ>0" else 0.0,
-            "seed": args["seed"],
-        }
-        for delta in DELTAS[entry["set"]]:
-            for key, value in coverage(rmsd, delta).as_dict().items():
-                row[f"{key}@{delta}"] = round(float(value), 3)
-        rows.append(row)
-        print(f"{mol.name} {arm}: {row}", flush=True)
+        try:
+            rows.append(_run_arm(arm, mol, entry, args, configs, n, reference, frames))
+        except Exception as err:  # one arm's failure must not lose the others' rows
+            rows.append({"molecule": mol.name, "set": entry["set"], "arm": arm, "error": repr(err)})
+        print(f"{mol.name} {arm}: {rows[-1]}", flush=True)
     return rows
+
+
+def _run_arm(arm, mol, entry, args, configs, n, reference, frames) -> dict:
+    """One arm on one molecule: its result row."""
+    from sapis.generator.conformers import (
+        ConformerValidity,
+        coverage,
+        etkdg_conformers,
+        heavy_symmetries,
+        rmsd_matrix,
+    )
+    from sapis.generator.training import train_generator
+
+    symmetries = heavy_symmetries(mol.mol)
+    validity = ConformerValidity(mol.mol)
+    ref_energy = float(np.mean(mol.reference_energies))
+    start = time.perf_counter()
+    training, trained_steps = float("nan"), 0
+    if arm == "etkdg":
+        positions = etkdg_conformers(mol.mol, n, seed=args["seed"])
+        ms = 1000 * (time.perf_counter() - start) / n
+    else:
+        config = configs[arm].model_copy(update={"seed": args["seed"]})
+        with tempfile.TemporaryDirectory() as tmp:
+            gen, record = train_generator(frames, tmp, config, reference=reference)
+            training, trained_steps = record.seconds, record.steps
+            start = time.perf_counter()
+            positions = gen.sample_positions(n, seed=args["seed"])
+            ms = 1000 * (time.perf_counter() - start) / n
+    valid, rejected = validity.split(positions)
+    rmsd = rmsd_matrix(mol.mol, mol.reference_positions, positions, symmetries)
+    energies = xtb_energies(mol.numbers, positions[valid]) if valid.any() else np.zeros(0)
+    row = {
+        "time": common.timestamp(),
+        "molecule": mol.name,
+        "set": entry["set"],
+        "smiles": mol.smiles,
+        "arm": arm,
+        "heavy atoms": len(mol.heavy),
+        "references": len(mol.reference_positions),
+        "generated": n,
+        "valid %": round(100 * float(valid.mean()), 1),
+        "rejected": rejected,
+        "ΔE kcal/mol": round(EV_TO_KCAL * (float(np.nanmean(energies)) - ref_energy), 2)
+        if len(energies)
+        else None,
+        "ms per conformer": round(ms, 2),
+        "training s": round(training, 1),
+        "steps": args["steps"],
+        "trained steps": trained_steps,
+        "λ": args["lam"] if arm == "flow λ>0" else 0.0,
+        "seed": args["seed"],
+    }
+    for delta in DELTAS[entry["set"]]:
+        for key, value in coverage(rmsd, delta).as_dict().items():
+            row[f"{key}@{delta}"] = round(float(value), 3)
+    return row
 
 
 def summary(rows: list[dict]) -> list[str]:
@@ -204,7 +214,7 @@ def main() -> None:
     started = common.timestamp()
     with ProcessPoolExecutor(args.workers) as pool:
         futures = [pool.submit(run_molecule, e, settings) for e in entries]
-        for future in futures:
+        for future in as_completed(futures):
             for row in future.result():
                 common.record("conformer_flow", {**row, "run": started, "split": args.split})
     rows = [r for r in common.read_records("conformer_flow") if r["run"] == started]

@@ -147,7 +147,8 @@ def rmsd_matrix(
 ) -> np.ndarray:
     """Heavy-atom RMSD ``[len(a), len(b)]`` (Å) between conformers ``a`` ``[n, atoms, 3]``
     and ``b`` ``[m, atoms, 3]`` of ``mol``: best rotation (Kabsch, no reflection) and best
-    symmetry relabelling (:func:`heavy_symmetries`, or ``symmetries`` if given) per pair."""
+    symmetry relabelling (:func:`heavy_symmetries`, or ``symmetries`` if given) per pair.
+    A conformer with a non-finite coordinate is infinitely far from every other."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     if a.ndim == 2:
         a = a[None]
@@ -157,6 +158,13 @@ def rmsd_matrix(
     for name, x in (("a", a), ("b", b)):
         if x.ndim != 3 or x.shape[1:] != (n_atoms, 3):
             raise InputError(f"{name} has shape {x.shape}, not [conformers, {n_atoms}, 3]")
+    finite_a, finite_b = np.isfinite(a).all(axis=(1, 2)), np.isfinite(b).all(axis=(1, 2))
+    if not (finite_a.all() and finite_b.all()):
+        out = np.full((len(a), len(b)), np.inf)
+        if finite_a.any() and finite_b.any():
+            inner = rmsd_matrix(mol, a[finite_a], b[finite_b], symmetries)
+            out[np.ix_(finite_a, finite_b)] = inner
+        return out
     perms = heavy_symmetries(mol) if symmetries is None else np.asarray(symmetries)
     ref = a[:, perms[0]]
     ref = ref - ref.mean(axis=1, keepdims=True)  # [n, H, 3]

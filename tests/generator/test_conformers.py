@@ -185,3 +185,13 @@ def test_loading_rejects_a_missing_file(tmp_path):
         load_molecule(tmp_path / "nothing.npz")
     with pytest.raises(InputError, match="no GEOM-lite index"):
         read_index(tmp_path)
+
+
+def test_a_conformer_with_a_non_finite_coordinate_is_infinitely_far():
+    mol = Chem.AddHs(Chem.MolFromSmiles("CCO"))
+    x = etkdg_conformers(mol, 3, seed=1)
+    broken = x.copy()
+    broken[1, 0, 0] = np.nan
+    d = rmsd_matrix(mol, x, broken)
+    assert np.isinf(d[:, 1]).all() and np.isfinite(d[:, [0, 2]]).all()
+    assert d[0, 0] < 1e-6 and coverage(d, 0.5).cov_r == 1.0
