@@ -27,7 +27,6 @@ import os
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from pathlib import Path
 
 import common
 import numpy as np
@@ -175,7 +174,7 @@ def summary(rows: list[dict]) -> list[str]:
     return lines
 
 
-def plot(rows: list[dict]) -> None:
+def plot(rows: list[dict], name: str) -> None:
     fig, axes = common.subplots(ncols=3, figsize=(13, 4))
     small = [r for r in rows if r["set"] == "small"]
     names = sorted({r["molecule"] for r in small})
@@ -192,7 +191,7 @@ def plot(rows: list[dict]) -> None:
         ax.set_xticks(range(len(names)), names, rotation=60, fontsize=7)
         ax.set_title(label)
     axes[0].legend(fontsize=7)
-    common.save_figure(fig, "conformer_flow")
+    common.save_figure(fig, name)
 
 
 def main() -> None:
@@ -204,6 +203,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", nargs="*", help="molecule names to run (default: all)")
+    parser.add_argument("--name", default="conformer_flow", help="results file name")
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite the page of the last run only"
+    )
     args = parser.parse_args()
     from sapis.generator.conformers import read_index
 
@@ -211,13 +214,17 @@ def main() -> None:
     if args.only:
         entries = [e for e in entries if e["name"] in args.only]
     settings = {"steps": args.steps, "minutes": args.minutes, "lam": args.lam, "seed": args.seed}
-    started = common.timestamp()
-    with ProcessPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(run_molecule, e, settings) for e in entries]
-        for future in as_completed(futures):
-            for row in future.result():
-                common.record("conformer_flow", {**row, "run": started, "split": args.split})
-    rows = [r for r in common.read_records("conformer_flow") if r["run"] == started]
+    if args.report_only:
+        started = common.read_records(args.name)[-1]["run"]
+    else:
+        started = common.timestamp()
+        with ProcessPoolExecutor(args.workers) as pool:
+            futures = [pool.submit(run_molecule, e, settings) for e in entries]
+            for future in as_completed(futures):
+                for row in future.result():
+                    common.record(args.name, {**row, "run": started, "split": args.split})
+    rows = [r for r in common.read_records(args.name) if r["run"] == started]
+    entries = sorted({r["molecule"] for r in rows})
     intro = [
         "# Conformers on GEOM-lite: flow vs ETKDG vs diffusion",
         "",
@@ -229,7 +236,7 @@ def main() -> None:
         "",
         *summary(rows),
         "",
-        "![coverage](conformer_flow.png)",
+        f"![coverage]({args.name}.png)",
         "",
         "Per molecule:",
         "",
@@ -250,11 +257,11 @@ def main() -> None:
         "ΔE kcal/mol",
         "ms per conformer",
         "training s",
+        "trained steps",
     ]
     table_rows = [{c: r.get(c, "") for c in columns} for r in rows]
-    common.write_markdown("conformer_flow", [*intro, *markdown_table(table_rows, columns)])
-    plot(rows)
-    Path(common.RESULTS / "conformer_flow.md").touch()
+    common.write_markdown(args.name, [*intro, *markdown_table(table_rows, columns)])
+    plot(rows, args.name)
 
 
 if __name__ == "__main__":
