@@ -35,7 +35,7 @@ lint: $(STAMP)
 # every benchmark, one after another (each compares its arms side by side in one run);
 # hours on 2 cores. Results are appended to bench/results/.
 BENCHMARKS := label_throughput ensemble_inference md_speed learning_curve scaling_forecast \
-	label_efficiency generator_sources generator_loop al_worlds cheap_pretraining soak
+	label_efficiency generator_sources generator_loop conformer_flow al_worlds cheap_pretraining soak
 
 bench: $(STAMP)
 	for b in $(BENCHMARKS); do PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) bench/$$b.py || exit 1; done

@@ -197,7 +197,7 @@ def trained(malonaldehyde, tmp_path_factory) -> FlowGenerator:
 
 
 #: Optimiser steps of the short training (a number of steps, not of seconds).
-TRAIN_STEPS = 1500
+TRAIN_STEPS = 4000
 
 
 @pytest.mark.slow
