@@ -19,7 +19,7 @@ from ase.data import atomic_masses
 from sapis.errors import InputError
 from sapis.generator.flow import AugmentedFlow
 from sapis.generator.forcefield import LightForceField
-from sapis.generator.model import META, WEIGHTS
+from sapis.generator.model import META, WEIGHTS, MoleculeMeta
 from sapis.generator.settings import GeneratorConfig
 from sapis.generator.weights import average_of, averaged, save_weights, update_average
 from sapis.io import write_text_atomically
@@ -46,7 +46,7 @@ def _stiffness(positions: np.ndarray, bonds: list[tuple[int, int]]) -> float:
     return float(3.0 / d2.mean())
 
 
-class FlowGenerator:
+class FlowGenerator(MoleculeMeta):
     """The normalizing flow of one molecule with the metadata to save and sample it."""
 
     kind = "flow"
@@ -110,21 +110,6 @@ class FlowGenerator:
     def net(self) -> torch.nn.Module:
         """The trained network."""
         return self.flow
-
-    @property
-    def config(self) -> GeneratorConfig:
-        return GeneratorConfig(**self.meta["config"])
-
-    @property
-    def numbers(self) -> np.ndarray:
-        return np.array(self.meta["numbers"])
-
-    @property
-    def bonds(self) -> list[tuple[int, int]]:
-        return [tuple(b) for b in self.meta["bonds"]]
-
-    def reference(self) -> Atoms:
-        return Atoms(self.numbers, np.array(self.meta["reference"]))
 
     def matches(self, reference: Atoms, config: GeneratorConfig) -> bool:
         """Whether this flow can be warm-started for ``reference`` and ``config``."""

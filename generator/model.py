@@ -59,7 +59,28 @@ def molecule_frames(
     return reference, np.array(kept), dict(skipped)
 
 
-class Generator:
+class MoleculeMeta:
+    """What both generator kinds read from their ``meta``: settings and the molecule."""
+
+    meta: dict
+
+    @property
+    def config(self) -> GeneratorConfig:
+        return GeneratorConfig(**self.meta["config"])
+
+    @property
+    def numbers(self) -> np.ndarray:
+        return np.array(self.meta["numbers"])
+
+    @property
+    def bonds(self) -> list[tuple[int, int]]:
+        return [tuple(b) for b in self.meta["bonds"]]
+
+    def reference(self) -> Atoms:
+        return Atoms(self.numbers, np.array(self.meta["reference"]))
+
+
+class Generator(MoleculeMeta):
     """The diffusion model of one molecule with the metadata to save and sample it."""
 
     kind = "diffusion"
@@ -120,21 +141,6 @@ class Generator:
             PairRanges.from_dict(meta["ranges"]),
             config.prior_weight,
         )
-
-    @property
-    def config(self) -> GeneratorConfig:
-        return GeneratorConfig(**self.meta["config"])
-
-    @property
-    def numbers(self) -> np.ndarray:
-        return np.array(self.meta["numbers"])
-
-    @property
-    def bonds(self) -> list[tuple[int, int]]:
-        return [tuple(b) for b in self.meta["bonds"]]
-
-    def reference(self) -> Atoms:
-        return Atoms(self.numbers, np.array(self.meta["reference"]))
 
     def matches(self, reference: Atoms, config: GeneratorConfig) -> bool:
         """Whether this generator can be warm-started for ``reference`` and ``config``."""
